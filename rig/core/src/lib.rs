@@ -1,0 +1,20 @@
+//! Shared ground for every part of phonerig: the [`Timeline`] of [`Event`]s,
+//! phone identities ([`Mac`], [`PhoneInfo`], [`PhoneDirectory`]), placeholder
+//! expansion, and the [`ProvisioningTree`] that TFTP, HTTP and FTP serve from.
+
+pub mod directory;
+pub mod duration;
+pub mod event;
+pub mod mac;
+pub mod placeholder;
+pub mod service;
+pub mod timeline;
+pub mod tree;
+
+pub use directory::{PhoneDirectory, PhoneInfo};
+pub use event::{Event, Source};
+pub use mac::Mac;
+pub use service::{RunningService, ServiceContext};
+pub use timeline::{Timeline, TimelineReader};
+pub use placeholder::{Placeholders, RigEndpoints};
+pub use tree::{FileRule, ProvisioningTree, ResolveError, ServedFile};

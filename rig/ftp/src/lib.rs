@@ -1,0 +1,1 @@
+//! ftp service (being built).

@@ -1,0 +1,1 @@
+//! sip service (being built).

@@ -1,0 +1,1 @@
+//! tftp service (being built).
