@@ -6,6 +6,7 @@ pub mod directory;
 pub mod duration;
 pub mod event;
 pub mod mac;
+pub mod netns;
 pub mod placeholder;
 pub mod service;
 pub mod timeline;
