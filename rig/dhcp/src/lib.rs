@@ -1,1 +1,214 @@
-//! dhcp service (being built).
+//! The bench's DHCPv4 server.
+//!
+//! Leases come from the bench pool, or a fixed address per phone MAC; the
+//! provisioning options (66, 150, 128, 120, 43, any raw number) come from the
+//! scenario, per vendor class (option 60 glob) and per phone, the most
+//! specific set winning per option number. Messages are encoded and decoded
+//! with `dhcproto`; the loop, lease table and option encodings are ours.
+//!
+//! Every request, offer, ack and nak is an event on the timeline (see
+//! `docs/CONTRACTS.md` and `docs/dhcp.md`); malformed datagrams become
+//! `dhcp.malformed` events and are dropped.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use anyhow::Context;
+use phonerig_core::event::NewEvent;
+use phonerig_core::{Mac, RunningService, ServiceContext, Source};
+
+pub mod flood;
+pub mod leases;
+pub mod options;
+mod server;
+pub mod settings;
+mod socket;
+pub mod wire;
+
+pub use settings::{OptionSet, OptionValue, Settings};
+
+/// Where replies go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyMode {
+    /// Real NIC or veth: to 255.255.255.255:`client_port` while the client has
+    /// no address (ciaddr 0), else to ciaddr; the socket is pinned to `interface`.
+    Broadcast,
+    /// Loopback: to the source address and port of the request.
+    ToSource,
+}
+
+/// The lab-level facts the DHCP server needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhcpConfig {
+    /// 67 on a NIC; 6767 (or 0 for any) on loopback.
+    pub port: u16,
+    /// 68 on a NIC; 6868 on loopback.
+    pub client_port: u16,
+    /// Pin the socket to this interface (SO_BINDTODEVICE) and bind 0.0.0.0:`port`.
+    /// `None`: bind `ctx.bind_ip:port` (loopback).
+    pub interface: Option<String>,
+    pub reply_mode: ReplyMode,
+    /// Prefix length of the bench subnet (option 1).
+    pub subnet_prefix: u8,
+    pub pool_start: Ipv4Addr,
+    pub pool_end: Ipv4Addr,
+    /// Fixed addresses per phone MAC (outside or inside the pool).
+    pub fixed: Vec<(Mac, Ipv4Addr)>,
+    /// Lease time when the scenario sets none.
+    pub default_lease: Duration,
+    /// Create the socket inside this network namespace.
+    pub netns: Option<String>,
+}
+
+impl DhcpConfig {
+    /// A loopback server on `server_ip` (a 127.x.y.z address): port 6767,
+    /// replies to the source, pool .100–.199 of its /24, one-hour leases.
+    pub fn loopback(server_ip: Ipv4Addr) -> DhcpConfig {
+        let [a, b, c, _] = server_ip.octets();
+        DhcpConfig {
+            port: 6767,
+            client_port: 6868,
+            interface: None,
+            reply_mode: ReplyMode::ToSource,
+            subnet_prefix: 24,
+            pool_start: Ipv4Addr::new(a, b, c, 100),
+            pool_end: Ipv4Addr::new(a, b, c, 199),
+            fixed: Vec::new(),
+            default_lease: Duration::from_secs(3600),
+            netns: None,
+        }
+    }
+
+    pub fn subnet_mask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(self.subnet_prefix))
+                .unwrap_or(0),
+        )
+    }
+}
+
+/// Addresses in a pool the table will manage; a larger pool is a typo.
+pub const MAX_POOL: u32 = 65_536;
+
+fn check_config(config: &DhcpConfig, server_ip: Ipv4Addr) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=30).contains(&config.subnet_prefix),
+        "subnet prefix /{} is not a usable bench subnet (1–30)",
+        config.subnet_prefix
+    );
+    let mask = u32::from(config.subnet_mask());
+    let net = |ip: Ipv4Addr| u32::from(ip) & mask;
+    let (start, end) = (u32::from(config.pool_start), u32::from(config.pool_end));
+    anyhow::ensure!(
+        start <= end,
+        "pool {}–{} ends before it starts",
+        config.pool_start,
+        config.pool_end
+    );
+    anyhow::ensure!(
+        end - start < MAX_POOL,
+        "pool {}–{} has more than {MAX_POOL} addresses",
+        config.pool_start,
+        config.pool_end
+    );
+    for ip in [config.pool_start, config.pool_end]
+        .iter()
+        .chain(config.fixed.iter().map(|(_, ip)| ip))
+    {
+        anyhow::ensure!(
+            net(*ip) == net(server_ip),
+            "{ip} is outside the bench subnet {server_ip}/{}",
+            config.subnet_prefix
+        );
+    }
+    anyhow::ensure!(
+        config.default_lease >= Duration::from_secs(1),
+        "the default lease time must be at least 1s"
+    );
+    Ok(())
+}
+
+/// Starts the server; it runs until `ctx.shutdown` is cancelled, then closes its socket.
+pub async fn start(
+    ctx: ServiceContext,
+    config: DhcpConfig,
+    settings: Settings,
+) -> anyhow::Result<RunningService> {
+    let server_ip = match ctx.bind_ip {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(ip) => anyhow::bail!("DHCPv4 needs an IPv4 address to serve from, got {ip}"),
+    };
+    check_config(&config, server_ip)?;
+    let plan = options::OptionPlan::new(&settings)?;
+    server::check_plan(&plan, &ctx)?;
+    let std_socket = socket::open(&config, server_ip).context("DHCP socket")?;
+    let socket = tokio::net::UdpSocket::from_std(std_socket).context("DHCP socket")?;
+    let local = socket.local_addr()?;
+    let addrs = vec![local];
+    ctx.timeline.publish(
+        NewEvent::new(Source::Rig, "service.started")
+            .field("service", "dhcp")
+            .field("addrs", [local.to_string()]),
+    );
+    let server = server::Server::new(&ctx, &config, &settings, plan, server_ip);
+    let task = tokio::spawn(server::run(server, socket, ctx.clone()));
+    Ok(RunningService {
+        name: "dhcp",
+        addrs,
+        task,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case(24, "255.255.255.0")]
+    #[case(16, "255.255.0.0")]
+    #[case(30, "255.255.255.252")]
+    #[case(1, "128.0.0.0")]
+    fn subnet_masks(#[case] prefix: u8, #[case] mask: &str) {
+        let mut config = DhcpConfig::loopback(Ipv4Addr::new(127, 0, 0, 1));
+        config.subnet_prefix = prefix;
+        assert_eq!(config.subnet_mask().to_string(), mask);
+    }
+
+    #[rstest]
+    #[case::fine(24, 100, 199, None)]
+    #[case::reversed(24, 199, 100, Some("ends before"))]
+    #[case::single_address(24, 150, 150, None)]
+    #[case::bad_prefix(31, 100, 101, Some("prefix"))]
+    fn config_checks(
+        #[case] prefix: u8,
+        #[case] start: u8,
+        #[case] end: u8,
+        #[case] error: Option<&str>,
+    ) {
+        let server = Ipv4Addr::new(127, 9, 9, 1);
+        let mut config = DhcpConfig::loopback(server);
+        config.subnet_prefix = prefix;
+        config.pool_start = Ipv4Addr::new(127, 9, 9, start);
+        config.pool_end = Ipv4Addr::new(127, 9, 9, end);
+        match (check_config(&config, server), error) {
+            (Ok(()), None) => {}
+            (Err(e), Some(text)) => assert!(e.to_string().contains(text), "{e}"),
+            (got, want) => panic!("got {got:?}, want error {want:?}"),
+        }
+    }
+
+    #[test]
+    fn fixed_address_outside_the_subnet_is_refused() {
+        let server = Ipv4Addr::new(127, 9, 9, 1);
+        let mut config = DhcpConfig::loopback(server);
+        config
+            .fixed
+            .push((Mac([0, 1, 2, 3, 4, 5]), Ipv4Addr::new(127, 9, 10, 5)));
+        assert!(check_config(&config, server)
+            .unwrap_err()
+            .to_string()
+            .contains("outside the bench subnet"));
+    }
+}

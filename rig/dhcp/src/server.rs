@@ -1,0 +1,635 @@
+//! The protocol: one datagram in, at most one reply out, events on the way.
+//!
+//! [`Server::handle`] is synchronous and owns all state (lease table, flood
+//! guard), so the tokio loop in [`run`] only moves bytes and the handling can
+//! be driven directly in tests.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode, UnknownOption};
+use dhcproto::{Decodable, Encodable};
+use phonerig_core::event::NewEvent;
+use phonerig_core::placeholder::Placeholders;
+use phonerig_core::{Mac, PhoneDirectory, PhoneInfo, ServiceContext, Source, Timeline};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::net::UdpSocket;
+
+use crate::flood::{Admission, FloodGuard};
+use crate::leases::LeaseTable;
+use crate::options::{self, Encoded, OptionPlan};
+use crate::settings::Settings;
+use crate::wire;
+use crate::{DhcpConfig, ReplyMode};
+
+/// Some phone firmwares drop replies shorter than a BOOTP message (300 bytes).
+const MIN_REPLY_LEN: usize = 300;
+
+/// Refuses a scenario whose option values cannot be sent: an unknown phone
+/// name, a bad address, or a placeholder that does not expand. Checked for
+/// every phone of the lab, so mistakes surface at start, not at the phone.
+pub(crate) fn check_plan(plan: &OptionPlan, ctx: &ServiceContext) -> anyhow::Result<()> {
+    let phones = ctx.directory.phones();
+    for name in plan.phone_names() {
+        if !phones.iter().any(|p| p.name == name) {
+            let known: Vec<&str> = phones.iter().map(|p| p.name.as_str()).collect();
+            anyhow::bail!(
+                "[serve.dhcp.phone.{name}]: no phone `{name}` in the lab (known: {})",
+                known.join(", ")
+            );
+        }
+    }
+    for (set, code, value) in plan.all_values() {
+        if !options::mentions_phone(value) {
+            options::encode(value, &ctx.placeholders)
+                .map_err(|e| anyhow::anyhow!("{set} option {code}: {e}"))?;
+        }
+        for phone in &phones {
+            options::encode(value, &ctx.placeholders.clone().with_phone(phone)).map_err(|e| {
+                anyhow::anyhow!("{set} option {code} for phone {}: {e}", phone.name)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// A reply and where it goes.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub bytes: Vec<u8>,
+    pub to: SocketAddr,
+}
+
+/// What a client's message says, as recorded in request events.
+#[derive(Serialize)]
+struct RequestFields {
+    mac: String,
+    xid: String,
+    peer: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requested_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ciaddr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_id: Option<String>,
+    param_request_list: Vec<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vendor_class: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hostname: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ReplyFields {
+    mac: String,
+    xid: String,
+    address: String,
+    to: String,
+    options: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    option_errors: BTreeMap<String, String>,
+}
+
+struct Request {
+    message: Message,
+    kind: MessageType,
+    mac: Mac,
+    peer: SocketAddr,
+    requested_ip: Option<Ipv4Addr>,
+    server_id: Option<Ipv4Addr>,
+    vendor_class: Option<String>,
+    phone: Option<Arc<PhoneInfo>>,
+}
+
+impl Request {
+    fn xid(&self) -> String {
+        format!("0x{:08x}", self.message.xid())
+    }
+
+    fn phone_name(&self) -> Option<String> {
+        self.phone.as_ref().map(|p| p.name.clone())
+    }
+
+    fn ciaddr(&self) -> Option<Ipv4Addr> {
+        Some(self.message.ciaddr()).filter(|ip| !ip.is_unspecified())
+    }
+}
+
+fn kind_name(kind: MessageType) -> &'static str {
+    match kind {
+        MessageType::Discover => "discover",
+        MessageType::Offer => "offer",
+        MessageType::Request => "request",
+        MessageType::Decline => "decline",
+        MessageType::Ack => "ack",
+        MessageType::Nak => "nak",
+        MessageType::Release => "release",
+        MessageType::Inform => "inform",
+        _ => "other",
+    }
+}
+
+pub(crate) struct Server {
+    timeline: Timeline,
+    directory: PhoneDirectory,
+    placeholders: Placeholders,
+    server_ip: Ipv4Addr,
+    subnet_mask: Ipv4Addr,
+    reply_mode: ReplyMode,
+    server_port: u16,
+    client_port: u16,
+    default_lease: Duration,
+    silent: bool,
+    nak: bool,
+    plan: OptionPlan,
+    leases: LeaseTable,
+    guard: FloodGuard,
+}
+
+impl Server {
+    pub fn new(
+        ctx: &ServiceContext,
+        config: &DhcpConfig,
+        settings: &Settings,
+        plan: OptionPlan,
+        server_ip: Ipv4Addr,
+    ) -> Server {
+        Server {
+            timeline: ctx.timeline.clone(),
+            directory: ctx.directory.clone(),
+            placeholders: ctx.placeholders.clone(),
+            server_ip,
+            subnet_mask: config.subnet_mask(),
+            reply_mode: config.reply_mode,
+            server_port: config.port,
+            client_port: config.client_port,
+            default_lease: config.default_lease,
+            silent: settings.silent,
+            nak: settings.nak,
+            plan,
+            leases: LeaseTable::new(config.pool_start, config.pool_end, server_ip, &config.fixed),
+            guard: FloodGuard::new(Instant::now()),
+        }
+    }
+
+    fn malformed(&self, peer: SocketAddr, len: usize, error: impl ToString) {
+        self.timeline.publish(
+            NewEvent::new(Source::Dhcp, "dhcp.malformed")
+                .field("peer", peer.to_string())
+                .field("len", len)
+                .field("error", error.to_string()),
+        );
+    }
+
+    /// Handles one datagram; returns the reply to send, if any.
+    pub fn handle(&mut self, packet: &[u8], peer: SocketAddr, now: Instant) -> Option<Outgoing> {
+        match self.guard.admit(now) {
+            Admission::Drop => return None,
+            Admission::HandleAfterFlood { dropped } => {
+                self.timeline
+                    .publish(NewEvent::new(Source::Dhcp, "dhcp.flood").field("dropped", dropped));
+            }
+            Admission::Handle => {}
+        }
+        if packet.first() == Some(&2) {
+            self.foreign_reply(packet, peer);
+            return None;
+        }
+        let request = match self.parse(packet, peer) {
+            Ok(request) => request,
+            Err(error) => {
+                self.malformed(peer, packet.len(), error);
+                return None;
+            }
+        };
+        self.record(&request);
+        if self.silent {
+            return None;
+        }
+        match request.kind {
+            MessageType::Discover => self.discover(&request, now),
+            MessageType::Request => self.request(&request, now),
+            MessageType::Release => {
+                let ours = request.server_id.is_none_or(|id| id == self.server_ip);
+                if let Some(ip) = request.ciaddr().filter(|_| ours) {
+                    if self.leases.release(&request.mac, ip) {
+                        self.directory.unbind_ip(IpAddr::V4(ip));
+                    }
+                }
+                None
+            }
+            MessageType::Decline => {
+                if let Some(ip) = request.requested_ip {
+                    self.leases.decline(&request.mac, ip);
+                    self.directory.unbind_ip(IpAddr::V4(ip));
+                }
+                None
+            }
+            MessageType::Inform => self.inform(&request),
+            _ => None,
+        }
+    }
+
+    fn parse(&self, packet: &[u8], peer: SocketAddr) -> Result<Request, String> {
+        wire::check_header(packet, true).map_err(|e| e.to_string())?;
+        let message = Message::from_bytes(packet).map_err(|e| format!("undecodable: {e}"))?;
+        if message.opcode() != Opcode::BootRequest {
+            return Err(format!(
+                "op {:?} is neither BOOTREQUEST nor BOOTREPLY",
+                message.opcode()
+            ));
+        }
+        let opts = message.opts();
+        let kind = opts
+            .msg_type()
+            .ok_or("no DHCP message type (option 53); plain BOOTP is not served")?;
+        if !matches!(
+            kind,
+            MessageType::Discover
+                | MessageType::Request
+                | MessageType::Release
+                | MessageType::Decline
+                | MessageType::Inform
+        ) {
+            return Err(format!("message type {kind:?} is not one a client sends"));
+        }
+        let mut octets = [0u8; 6];
+        octets.copy_from_slice(&message.chaddr()[..6]);
+        let mac = Mac(octets);
+        let requested_ip = match opts.get(OptionCode::RequestedIpAddress) {
+            Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
+            _ => None,
+        };
+        let server_id = match opts.get(OptionCode::ServerIdentifier) {
+            Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
+            _ => None,
+        };
+        let vendor_class = match opts.get(OptionCode::ClassIdentifier) {
+            Some(DhcpOption::ClassIdentifier(bytes)) => {
+                Some(String::from_utf8_lossy(bytes).into_owned())
+            }
+            _ => None,
+        };
+        Ok(Request {
+            kind,
+            mac,
+            peer,
+            requested_ip,
+            server_id,
+            vendor_class,
+            phone: self.directory.by_mac(&mac),
+            message,
+        })
+    }
+
+    fn record(&self, request: &Request) {
+        let opts = request.message.opts();
+        let param_request_list = match opts.get(OptionCode::ParameterRequestList) {
+            Some(DhcpOption::ParameterRequestList(codes)) => {
+                codes.iter().map(|c| u8::from(*c)).collect()
+            }
+            _ => Vec::new(),
+        };
+        let client_id = match opts.get(OptionCode::ClientIdentifier) {
+            Some(DhcpOption::ClientIdentifier(bytes)) => Some(hex::encode(bytes)),
+            _ => None,
+        };
+        let hostname = match opts.get(OptionCode::Hostname) {
+            Some(DhcpOption::Hostname(name)) => Some(name.clone()),
+            _ => None,
+        };
+        let fields = RequestFields {
+            mac: request.mac.colon(),
+            xid: request.xid(),
+            peer: request.peer.to_string(),
+            requested_ip: request.requested_ip.map(|ip| ip.to_string()),
+            ciaddr: request.ciaddr().map(|ip| ip.to_string()),
+            server_id: request.server_id.map(|ip| ip.to_string()),
+            param_request_list,
+            vendor_class: request.vendor_class.clone(),
+            client_id,
+            hostname,
+        };
+        let kind = format!("dhcp.{}", kind_name(request.kind));
+        self.timeline.emit(
+            Source::Dhcp,
+            &kind,
+            request.phone_name().as_deref(),
+            &fields,
+        );
+    }
+
+    fn foreign_reply(&self, packet: &[u8], peer: SocketAddr) {
+        let message = match wire::check_header(packet, false)
+            .map_err(|e| e.to_string())
+            .and_then(|_| Message::from_bytes(packet).map_err(|e| e.to_string()))
+        {
+            Ok(message) => message,
+            Err(error) => return self.malformed(peer, packet.len(), error),
+        };
+        let server_id = match message.opts().get(OptionCode::ServerIdentifier) {
+            Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
+            _ => None,
+        };
+        if server_id == Some(self.server_ip) {
+            return;
+        }
+        let server_ip = server_id.map(IpAddr::V4).unwrap_or(peer.ip());
+        self.timeline.publish(
+            NewEvent::new(Source::Dhcp, "dhcp.foreign_offer")
+                .field("server_ip", server_ip.to_string())
+                .field("offered", message.yiaddr().to_string())
+                .field("peer", peer.to_string()),
+        );
+    }
+
+    fn discover(&mut self, request: &Request, now: Instant) -> Option<Outgoing> {
+        match self.leases.offer(request.mac, request.requested_ip, now) {
+            Ok(ip) => {
+                let lease = self.lease_time(request);
+                Some(self.reply(request, MessageType::Offer, ip, Some(lease), None))
+            }
+            Err(refusal) => {
+                self.timeline.publish(
+                    NewEvent::new(Source::Dhcp, "dhcp.no_offer")
+                        .phone(request.phone_name())
+                        .field("mac", request.mac.colon())
+                        .field("xid", request.xid())
+                        .field("reason", refusal.to_string()),
+                );
+                None
+            }
+        }
+    }
+
+    fn request(&mut self, request: &Request, now: Instant) -> Option<Outgoing> {
+        if let Some(other) = request.server_id.filter(|id| *id != self.server_ip) {
+            // SELECTING another server's offer: ours is no longer wanted.
+            tracing::debug!(mac = %request.mac, server = %other, "client chose another DHCP server");
+            self.leases.withdraw_offer(&request.mac);
+            return None;
+        }
+        let Some(address) = request.requested_ip.or(request.ciaddr()) else {
+            return Some(self.reply(
+                request,
+                MessageType::Nak,
+                Ipv4Addr::UNSPECIFIED,
+                None,
+                Some("no_address".into()),
+            ));
+        };
+        if self.nak {
+            return Some(self.reply(
+                request,
+                MessageType::Nak,
+                address,
+                None,
+                Some("scenario_nak".into()),
+            ));
+        }
+        let lease = self.lease_time(request);
+        match self.leases.bind(request.mac, address, lease, now) {
+            Ok(()) => {
+                let reply = self.reply(request, MessageType::Ack, address, Some(lease), None);
+                self.directory.bind_ip(&request.mac, IpAddr::V4(address));
+                Some(reply)
+            }
+            Err(refusal) => Some(self.reply(
+                request,
+                MessageType::Nak,
+                address,
+                None,
+                Some(refusal.to_string()),
+            )),
+        }
+    }
+
+    fn inform(&self, request: &Request) -> Option<Outgoing> {
+        let address = request.ciaddr().unwrap_or(Ipv4Addr::UNSPECIFIED);
+        Some(self.reply(request, MessageType::Ack, address, None, None))
+    }
+
+    fn lease_time(&self, request: &Request) -> Duration {
+        self.plan
+            .resolve(
+                request.vendor_class.as_deref(),
+                request.phone.as_ref().map(|p| p.name.as_str()),
+            )
+            .lease_time
+            .unwrap_or(self.default_lease)
+    }
+
+    /// The configured options for this client, encoded; values that cannot be
+    /// expanded for it (a `{phone.*}` value for a MAC not in the lab) are left
+    /// out and reported.
+    fn configured_options(
+        &self,
+        request: &Request,
+    ) -> (BTreeMap<u8, Encoded>, BTreeMap<String, String>) {
+        let resolved = self.plan.resolve(
+            request.vendor_class.as_deref(),
+            request.phone.as_ref().map(|p| p.name.as_str()),
+        );
+        let placeholders = match &request.phone {
+            Some(phone) => self.placeholders.clone().with_phone(phone),
+            None => self.placeholders.clone(),
+        };
+        let mut encoded = BTreeMap::new();
+        let mut errors = BTreeMap::new();
+        for (code, (value, _origin)) in &resolved.options {
+            match options::encode(value, &placeholders) {
+                Ok(option) => {
+                    encoded.insert(*code, option);
+                }
+                Err(error) => {
+                    errors.insert(code.to_string(), error.to_string());
+                }
+            }
+        }
+        (encoded, errors)
+    }
+
+    fn destination(&self, request: &Request, kind: MessageType) -> SocketAddr {
+        if self.reply_mode == ReplyMode::ToSource {
+            return request.peer;
+        }
+        let giaddr = request.message.giaddr();
+        if !giaddr.is_unspecified() {
+            return SocketAddr::V4(SocketAddrV4::new(giaddr, self.server_port));
+        }
+        match request.ciaddr() {
+            // RFC 2131 §4.1: a NAK is broadcast; a client with an address gets the rest unicast.
+            Some(ciaddr) if kind != MessageType::Nak => {
+                SocketAddr::V4(SocketAddrV4::new(ciaddr, self.client_port))
+            }
+            _ => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, self.client_port)),
+        }
+    }
+
+    fn reply(
+        &self,
+        request: &Request,
+        kind: MessageType,
+        address: Ipv4Addr,
+        lease: Option<Duration>,
+        reason: Option<String>,
+    ) -> Outgoing {
+        let asked = &request.message;
+        let yiaddr = if matches!(kind, MessageType::Offer)
+            || (kind == MessageType::Ack && lease.is_some())
+        {
+            address
+        } else {
+            Ipv4Addr::UNSPECIFIED
+        };
+        let mut message = Message::new_with_id(
+            asked.xid(),
+            asked.ciaddr(),
+            yiaddr,
+            Ipv4Addr::UNSPECIFIED,
+            asked.giaddr(),
+            asked.chaddr(),
+        );
+        message
+            .set_opcode(Opcode::BootReply)
+            .set_htype(asked.htype())
+            .set_flags(asked.flags());
+        if kind == MessageType::Nak {
+            message.set_ciaddr(Ipv4Addr::UNSPECIFIED);
+        } else {
+            message.set_siaddr(self.server_ip);
+        }
+
+        let mut shown = Map::new();
+        let mut option_errors = BTreeMap::new();
+        let opts = message.opts_mut();
+        opts.insert(DhcpOption::MessageType(kind));
+        opts.insert(DhcpOption::ServerIdentifier(self.server_ip));
+        shown.insert(
+            "54".into(),
+            Value::Array(vec![Value::String(self.server_ip.to_string())]),
+        );
+        if let Some(reason) = &reason {
+            opts.insert(DhcpOption::Message(reason.clone()));
+        }
+        if kind != MessageType::Nak {
+            let (configured, errors) = self.configured_options(request);
+            option_errors = errors;
+            let ip_list = |ip: Ipv4Addr| Encoded {
+                bytes: ip.octets().to_vec(),
+                shown: Value::Array(vec![Value::String(ip.to_string())]),
+            };
+            let seconds = |d: Duration| {
+                let secs = u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+                Encoded {
+                    bytes: secs.to_be_bytes().to_vec(),
+                    shown: Value::from(secs),
+                }
+            };
+            let mut all: BTreeMap<u8, Encoded> = BTreeMap::new();
+            all.insert(1, ip_list(self.subnet_mask));
+            // The rig is the bench's only host phones talk to: router and DNS default to it.
+            all.insert(3, ip_list(self.server_ip));
+            all.insert(6, ip_list(self.server_ip));
+            if let Some(lease) = lease {
+                all.insert(51, seconds(lease));
+                all.insert(58, seconds(lease / 2));
+                all.insert(59, seconds(lease * 7 / 8));
+            }
+            all.extend(configured);
+            for (code, option) in all {
+                opts.insert(DhcpOption::Unknown(UnknownOption::new(
+                    OptionCode::from(code),
+                    option.bytes,
+                )));
+                shown.insert(code.to_string(), option.shown);
+            }
+        }
+
+        let mut bytes = message.to_vec().unwrap_or_else(|error| {
+            // Encoding only fails on impossible lengths (chaddr > 16, sname > 64), which we never set.
+            tracing::error!(%error, "cannot encode DHCP reply");
+            Vec::new()
+        });
+        if bytes.len() < MIN_REPLY_LEN {
+            bytes.resize(MIN_REPLY_LEN, 0);
+        }
+        let to = self.destination(request, kind);
+        let fields = ReplyFields {
+            mac: request.mac.colon(),
+            xid: request.xid(),
+            address: address.to_string(),
+            to: to.to_string(),
+            options: shown,
+            reason,
+            option_errors,
+        };
+        let event = format!("dhcp.{}", kind_name(kind));
+        self.timeline.emit(
+            Source::Dhcp,
+            &event,
+            request.phone_name().as_deref(),
+            &fields,
+        );
+        Outgoing { bytes, to }
+    }
+
+    /// Called once the loop ends: a flood still being dropped is reported.
+    pub fn finish(&mut self) {
+        let dropped = self.guard.take_dropped();
+        if dropped > 0 {
+            self.timeline
+                .publish(NewEvent::new(Source::Dhcp, "dhcp.flood").field("dropped", dropped));
+        }
+    }
+}
+
+/// Receives until shutdown; the socket is dropped (port released) when this returns.
+pub(crate) async fn run(mut server: Server, socket: UdpSocket, ctx: ServiceContext) {
+    let local = socket
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let mut buffer = vec![0u8; 4096];
+    loop {
+        let received = tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            received = socket.recv_from(&mut buffer) => received,
+        };
+        match received {
+            Ok((len, peer)) => {
+                if let Some(reply) = server.handle(&buffer[..len], peer, Instant::now()) {
+                    if let Err(error) = socket.send_to(&reply.bytes, reply.to).await {
+                        ctx.timeline.publish(
+                            NewEvent::new(Source::Rig, "warning")
+                                .field("service", "dhcp")
+                                .field("addrs", [&local])
+                                .field("error", format!("sending to {}: {error}", reply.to)),
+                        );
+                    }
+                }
+            }
+            Err(error) => {
+                // ICMP errors can surface here on some kernels; they concern a
+                // past send, not the socket, so keep serving (after a breath,
+                // in case the error repeats).
+                tracing::warn!(%error, "DHCP receive error");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    server.finish();
+    drop(socket);
+    ctx.timeline.publish(
+        NewEvent::new(Source::Rig, "service.stopped")
+            .field("service", "dhcp")
+            .field("addrs", [local]),
+    );
+}
