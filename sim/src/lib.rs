@@ -1,1 +1,14 @@
-//! sim (being built).
+//! Virtual phones: Htek UC9xx, Panasonic KX-UT670 and Lvswitch SIP-H680 as
+//! the vendor documents describe them, speaking the same wire protocols a
+//! physical phone would (DHCP, TFTP, HTTP(S), FTP, SIP, RTP) and driven
+//! through the same capabilities (control socket for button/power/keys, a
+//! pseudo-terminal for the serial console). See docs/virtual-phones.md.
+
+pub mod config;
+pub mod console;
+pub mod control;
+pub mod dhcp;
+pub mod fetch;
+pub mod model;
+
+pub use config::{Placement, SimHostConfig, Timing, VirtualPhoneSpec};

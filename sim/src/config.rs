@@ -1,0 +1,92 @@
+//! What the bench hands the simulation host: where phones live on the network,
+//! and one spec per virtual phone.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use phonerig_core::Mac;
+
+/// Everything [`crate::SimHost::start`] needs.
+#[derive(Debug, Clone)]
+pub struct SimHostConfig {
+    /// Folder for the control sockets (`<sim_dir>/<name>.sock`).
+    pub sim_dir: PathBuf,
+    pub placement: Placement,
+    pub phones: Vec<VirtualPhoneSpec>,
+}
+
+/// Where the phones' network interfaces are.
+#[derive(Debug, Clone)]
+pub enum Placement {
+    /// All phones on 127/8. A phone has no address before its lease, so it
+    /// sends DISCOVER/REQUEST unicast from `127.0.0.1:<ephemeral>` to the rig's
+    /// DHCP server, which answers to the source; after the lease it binds every
+    /// socket to the leased 127.x address so the rig can tell phones apart.
+    Loopback { dhcp_server: SocketAddr },
+    /// Phones on a veth inside network namespace `netns`: one macvlan per
+    /// phone carrying the phone's MAC, real broadcast DHCP on ports 67/68.
+    Netns { netns: String, parent_interface: String },
+}
+
+/// One virtual phone.
+#[derive(Debug, Clone)]
+pub struct VirtualPhoneSpec {
+    pub name: String,
+    /// `htek-uc924`, `htek-uc926`, `htek-uc912`, `panasonic-kx-ut670`, `lvswitch-sip-h680`.
+    pub model: String,
+    pub mac: Mac,
+    /// Running firmware version, e.g. `2.0.4.4.36`.
+    pub firmware: String,
+    /// Settings already in flash at first power-on (see docs/virtual-phones.md).
+    pub flash: BTreeMap<String, String>,
+    pub timing: Timing,
+    /// Documented behaviours broken on purpose. None are defined yet: any
+    /// entry is refused at start so a scenario cannot believe a fault is active.
+    pub faults: Vec<String>,
+}
+
+/// How fast the phone's own clock runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    /// From power-on to the first DHCP DISCOVER.
+    pub boot_delay: Duration,
+    /// From a reboot decision to power-on again.
+    pub reboot_delay: Duration,
+    /// Factor applied to every interval the vendor states in minutes or
+    /// seconds (provisioning intervals, DHCP lease/T1): 0.001 turns the
+    /// Htek default of 10080 minutes into about 10 s.
+    pub scale: f64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing { boot_delay: Duration::from_millis(20), reboot_delay: Duration::from_millis(30), scale: 0.001 }
+    }
+}
+
+impl Timing {
+    /// Wall time for `minutes` of phone time.
+    pub fn minutes(&self, minutes: f64) -> Duration {
+        self.seconds(minutes * 60.0)
+    }
+
+    /// Wall time for `seconds` of phone time (never below 1 ms, so timers still tick in order).
+    pub fn seconds(&self, seconds: f64) -> Duration {
+        Duration::from_secs_f64((seconds * self.scale).max(0.001))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minutes_are_scaled() {
+        let timing = Timing { scale: 0.001, ..Timing::default() };
+        assert_eq!(timing.minutes(10080.0), Duration::from_secs_f64(604.8));
+        assert_eq!(timing.seconds(3600.0), Duration::from_secs_f64(3.6));
+        assert_eq!(timing.seconds(0.0), Duration::from_millis(1));
+    }
+}
