@@ -109,7 +109,9 @@ fn write_report_blocking(
     timeout: Duration,
 ) -> Result<(), DriverError> {
     let shown = device.display();
-    let mut file = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(device).map_err(|e| {
+    // Append: harmless on the character device, and keeps every report when
+    // the device is a plain file (dry runs, tests).
+    let mut file = OpenOptions::new().append(true).custom_flags(libc::O_NONBLOCK).open(device).map_err(|e| {
         DriverError::Unavailable(format!("cannot open HID gadget {shown}: {e} (is the gadget configured and bound to a UDC?)"))
     })?;
     let started = Instant::now();
