@@ -1,1 +1,356 @@
-//! tftp service (being built).
+//! The rig's TFTP server: RFC 1350 with option negotiation (RFC 2347),
+//! blksize (RFC 2348), timeout and tsize (RFC 2349) and windowsize (RFC 7440),
+//! serving the scenario's [`ProvisioningTree`](phonerig_core::ProvisioningTree).
+//!
+//! The listener only reads requests; each transfer runs in its own task on its
+//! own ephemeral socket (bound to the listener's address), so a slow or dead
+//! phone never holds up another. Every request ends in one event on the
+//! timeline (`tftp.fetch` or `tftp.upload`); see `docs/tftp.md`.
+
+mod channel;
+pub mod netascii;
+pub mod options;
+pub mod packet;
+mod read;
+mod record;
+mod source;
+pub mod window;
+mod write;
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use phonerig_core::duration::HumanDuration;
+use phonerig_core::event::NewEvent;
+use phonerig_core::{
+    PhoneDirectory, Placeholders, ProvisioningTree, RunningService, ServiceContext, Source,
+    Timeline,
+};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::channel::{bind_udp, RECV_BUFFER};
+use crate::options::{Limits, DEFAULT_MAX_WINDOWSIZE};
+use crate::packet::{encode_error, error_code, Packet, MAX_BLKSIZE};
+use crate::record::{Outcome, TransferRecord};
+
+pub use crate::write::MAX_UPLOAD_BYTES;
+
+/// Lab-level facts about the TFTP service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TftpConfig {
+    /// 69 on a lab NIC; 6969 (or 0 for any free port) on loopback.
+    pub port: u16,
+    /// Transfers running at once; further requests get error 0 "busy".
+    pub max_transfers: usize,
+    /// Largest block size granted (RFC 2348 allows up to 65464).
+    pub max_blksize: u16,
+    /// Resends of one packet before a transfer is given up as `timed_out`.
+    pub retries: u32,
+    /// Create the sockets inside this network namespace.
+    pub netns: Option<String>,
+}
+
+impl Default for TftpConfig {
+    fn default() -> Self {
+        TftpConfig {
+            port: 69,
+            max_transfers: 256,
+            max_blksize: MAX_BLKSIZE,
+            retries: 5,
+            netns: None,
+        }
+    }
+}
+
+/// The scenario's `[serve.tftp]` table.
+#[derive(Deserialize, Serialize, JsonSchema, Default, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Accept uploads (WRQ) into this folder (placeholders allowed, e.g.
+    /// `uploads/{phone.name}`). Without it every WRQ is refused with error 2.
+    pub upload_dir: Option<PathBuf>,
+    /// Retransmission timeout when the client does not negotiate one (default 1s).
+    pub timeout: Option<HumanDuration>,
+    /// Largest windowsize (RFC 7440) granted (default 64).
+    pub windowsize: Option<u16>,
+    /// Ignore all options and answer as a plain RFC 1350 server (no OACK).
+    pub disable_options: bool,
+}
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What every transfer task needs; one per running service.
+pub(crate) struct Shared {
+    pub timeline: Timeline,
+    pub directory: PhoneDirectory,
+    pub tree: ProvisioningTree,
+    pub placeholders: Placeholders,
+    pub bind_ip: IpAddr,
+    pub netns: Option<String>,
+    pub limits: Limits,
+    pub retries: u32,
+    pub disable_options: bool,
+    pub upload_dir: Option<PathBuf>,
+    pub shutdown: CancellationToken,
+}
+
+pub async fn start(
+    ctx: ServiceContext,
+    config: TftpConfig,
+    settings: Settings,
+) -> anyhow::Result<RunningService> {
+    let default_timeout = settings.timeout.map_or(DEFAULT_TIMEOUT, Duration::from);
+    anyhow::ensure!(
+        !default_timeout.is_zero(),
+        "[serve.tftp] timeout must be longer than zero"
+    );
+    anyhow::ensure!(
+        settings.windowsize != Some(0),
+        "[serve.tftp] windowsize must be at least 1"
+    );
+    anyhow::ensure!(
+        config.max_transfers > 0,
+        "tftp max_transfers must be at least 1"
+    );
+    anyhow::ensure!(
+        config.max_blksize >= packet::MIN_BLKSIZE,
+        "tftp max_blksize must be at least {}",
+        packet::MIN_BLKSIZE
+    );
+
+    let addr = SocketAddr::new(ctx.bind_ip, config.port);
+    let socket = bind_udp(addr, config.netns.as_deref())
+        .await
+        .with_context(|| format!("TFTP cannot listen on {addr}"))?;
+    let local = socket.local_addr()?;
+    let shared = Arc::new(Shared {
+        timeline: ctx.timeline.clone(),
+        directory: ctx.directory.clone(),
+        tree: ctx.tree.clone(),
+        placeholders: ctx.placeholders.clone(),
+        bind_ip: ctx.bind_ip,
+        netns: config.netns.clone(),
+        limits: Limits {
+            max_blksize: config.max_blksize.min(MAX_BLKSIZE),
+            max_windowsize: settings.windowsize.unwrap_or(DEFAULT_MAX_WINDOWSIZE),
+            default_timeout,
+        },
+        retries: config.retries,
+        disable_options: settings.disable_options,
+        upload_dir: settings.upload_dir.clone(),
+        shutdown: ctx.shutdown.clone(),
+    });
+    ctx.timeline.publish(
+        NewEvent::new(Source::Rig, "service.started")
+            .field("service", "tftp")
+            .field("addrs", vec![local.to_string()]),
+    );
+    let listener = Listener {
+        shared,
+        socket,
+        slots: Arc::new(Semaphore::new(config.max_transfers)),
+        max_transfers: config.max_transfers,
+        active: Arc::new(Mutex::new(HashSet::new())),
+        tasks: TaskTracker::new(),
+    };
+    let task = tokio::spawn(listener.run(local));
+    Ok(RunningService {
+        name: "tftp",
+        addrs: vec![local],
+        task,
+    })
+}
+
+/// The request port: reads RRQ/WRQ and hands each to its own transfer task.
+struct Listener {
+    shared: Arc<Shared>,
+    socket: UdpSocket,
+    slots: Arc<Semaphore>,
+    max_transfers: usize,
+    /// Peers (address and port: their transfer ID) with a transfer running,
+    /// so a client resending its RRQ while we wait out a `delay` does not
+    /// start a second transfer.
+    active: Arc<Mutex<HashSet<SocketAddr>>>,
+    tasks: TaskTracker,
+}
+
+/// Removes a peer from the active set when its transfer task ends, however it ends.
+struct ActiveTransfer {
+    active: Arc<Mutex<HashSet<SocketAddr>>>,
+    peer: SocketAddr,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Drop for ActiveTransfer {
+    fn drop(&mut self) {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.peer);
+    }
+}
+
+impl Listener {
+    async fn run(self, local: SocketAddr) {
+        let mut buffer = vec![0u8; RECV_BUFFER];
+        loop {
+            let received = tokio::select! {
+                _ = self.shared.shutdown.cancelled() => break,
+                received = self.socket.recv_from(&mut buffer) => received,
+            };
+            match received {
+                Ok((len, peer)) => self.on_datagram(&buffer[..len], peer).await,
+                Err(error) => tracing::debug!(%error, "receive error on the TFTP request port"),
+            }
+        }
+        drop(self.socket);
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.shared.timeline.publish(
+            NewEvent::new(Source::Rig, "service.stopped")
+                .field("service", "tftp")
+                .field("addrs", vec![local.to_string()]),
+        );
+    }
+
+    async fn reply(&self, peer: SocketAddr, code: u16, message: &str) {
+        if let Err(error) = self
+            .socket
+            .send_to(&encode_error(code, message), peer)
+            .await
+        {
+            tracing::debug!(%peer, %error, "could not answer on the TFTP request port");
+        }
+    }
+
+    fn malformed(&self, peer: SocketAddr, error: &str) {
+        self.shared.timeline.publish(
+            NewEvent::new(Source::Tftp, "tftp.malformed")
+                .field("peer", peer.to_string())
+                .field("error", error),
+        );
+    }
+
+    async fn on_datagram(&self, bytes: &[u8], peer: SocketAddr) {
+        let packet = match Packet::parse(bytes) {
+            Ok(packet) => packet,
+            Err(error) => {
+                self.malformed(peer, &error.to_string());
+                // Never answer something that claims to be an error packet:
+                // two servers would bounce errors at each other forever.
+                if !bytes.starts_with(&[0, 5]) {
+                    self.reply(peer, error_code::ILLEGAL_OPERATION, &error.to_string())
+                        .await;
+                }
+                return;
+            }
+        };
+        match packet {
+            Packet::Rrq(request) => {
+                if let Some(transfer) = self.admit(peer, &request.filename, "tftp.fetch", &request)
+                {
+                    let shared = self.shared.clone();
+                    self.tasks.spawn(async move {
+                        let _transfer = transfer;
+                        read::serve(shared, peer, request).await;
+                    });
+                }
+            }
+            Packet::Wrq(request) => {
+                if self.shared.upload_dir.is_none() {
+                    let phone = self
+                        .shared
+                        .directory
+                        .identify(peer.ip(), &[&request.filename])
+                        .map(|p| p.name.clone());
+                    read::publish_refused(
+                        &self.shared,
+                        peer,
+                        &read::display_path(&request.filename),
+                        "uploads are disabled (no upload_dir)",
+                        phone,
+                    );
+                    self.reply(peer, error_code::ACCESS_VIOLATION, "access violation")
+                        .await;
+                    return;
+                }
+                if let Some(transfer) = self.admit(peer, &request.filename, "tftp.upload", &request)
+                {
+                    let shared = self.shared.clone();
+                    self.tasks.spawn(async move {
+                        let _transfer = transfer;
+                        write::serve(shared, peer, request).await;
+                    });
+                }
+            }
+            // A client aborting something; there is nothing to answer.
+            Packet::Error { .. } => {}
+            other => {
+                let error = format!(
+                    "{} on the request port (only RRQ and WRQ belong here)",
+                    other.kind()
+                );
+                self.malformed(peer, &error);
+                self.reply(
+                    peer,
+                    error_code::ILLEGAL_OPERATION,
+                    "illegal TFTP operation",
+                )
+                .await;
+            }
+        }
+    }
+
+    /// A slot for a new transfer from `peer`, or `None` when it is a repeat
+    /// of a running request or every slot is taken (then answered "busy").
+    fn admit(
+        &self,
+        peer: SocketAddr,
+        path: &str,
+        kind: &str,
+        request: &packet::Request,
+    ) -> Option<ActiveTransfer> {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if active.contains(&peer) {
+            return None;
+        }
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            drop(active);
+            let shared = self.shared.clone();
+            let phone = shared
+                .directory
+                .identify(peer.ip(), &[path])
+                .map(|p| p.name.clone());
+            let file = read::display_path(path);
+            let reason = format!("busy: {} transfers running", self.max_transfers);
+            read::publish_refused(&shared, peer, &file, &reason, phone.clone());
+            let mut record =
+                TransferRecord::begin(file, peer, request.mode.as_str(), &request.options);
+            record.phone = phone;
+            record
+                .end(Outcome::Refused)
+                .with_error(error_code::NOT_DEFINED, "busy");
+            record.publish(&shared.timeline, kind);
+            let socket_reply = encode_error(error_code::NOT_DEFINED, "busy");
+            // Sent without awaiting the listener's socket (we hold no lock here,
+            // but keep admission synchronous): try_send_to never blocks.
+            let _ = self.socket.try_send_to(&socket_reply, peer);
+            return None;
+        };
+        active.insert(peer);
+        Some(ActiveTransfer {
+            active: self.active.clone(),
+            peer,
+            _slot: slot,
+        })
+    }
+}

@@ -1,0 +1,365 @@
+//! A read request (RRQ) from start to end: resolve the file through the
+//! provisioning tree, negotiate options, send the blocks, publish `tftp.fetch`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use phonerig_core::event::NewEvent;
+use phonerig_core::tree::normalise_request_path;
+use phonerig_core::{ResolveError, ServedFile, Source};
+use tokio::time::Instant;
+
+use crate::channel::{bind_udp, Channel, Received};
+use crate::options::{negotiate, Agreed, Direction};
+use crate::packet::{encode_data, error_code, Mode, Packet, Request};
+use crate::record::{option_map, Outcome, TransferRecord};
+use crate::source::BlockSource;
+use crate::window::{wire_block, AckOutcome, SendWindow};
+use crate::Shared;
+
+/// How the block exchange ended, when it did not complete.
+enum Stop {
+    TimedOut,
+    Aborted { code: u16, message: String },
+    Shutdown,
+    Failed(String),
+}
+
+/// The path as events show it: normalised when possible, else as sent (minus the leading `/`).
+pub fn display_path(raw: &str) -> String {
+    normalise_request_path(raw).unwrap_or_else(|_| raw.trim_start_matches('/').to_owned())
+}
+
+/// Publishes `tftp.refused`, the event for requests turned down on principle
+/// (path escapes, uploads when none are allowed, too many transfers).
+pub fn publish_refused(
+    shared: &Shared,
+    peer: SocketAddr,
+    path: &str,
+    reason: &str,
+    phone: Option<String>,
+) {
+    shared.timeline.publish(
+        NewEvent::new(Source::Tftp, "tftp.refused")
+            .phone(phone)
+            .field("peer", peer.to_string())
+            .field("path", path)
+            .field("reason", reason),
+    );
+}
+
+/// Waits out a scenario's `delay`; false when the rig stops meanwhile.
+pub async fn wait(shared: &Shared, delay: Option<Duration>) -> bool {
+    match delay {
+        Some(delay) => tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = shared.shutdown.cancelled() => false,
+        },
+        None => true,
+    }
+}
+
+pub async fn serve(shared: Arc<Shared>, peer: SocketAddr, request: Request) {
+    let mut record = TransferRecord::begin(
+        display_path(&request.filename),
+        peer,
+        request.mode.as_str(),
+        &request.options,
+    );
+    let requester = shared.directory.identify(peer.ip(), &[&request.filename]);
+    record.phone = requester.as_ref().map(|p| p.name.clone());
+
+    let socket = match bind_udp(SocketAddr::new(shared.bind_ip, 0), shared.netns.as_deref()).await {
+        Ok(socket) => socket,
+        Err(error) => {
+            record.end(Outcome::Error).message =
+                Some(format!("cannot open a transfer socket: {error}"));
+            record.publish(&shared.timeline, "tftp.fetch");
+            return;
+        }
+    };
+    let mut channel = Channel::new(
+        socket,
+        peer,
+        shared.timeline.clone(),
+        shared.shutdown.clone(),
+    );
+
+    // Resolving touches the disk (canonicalize, templates): keep it off the reactor.
+    let tree = shared.tree.clone();
+    let filename = request.filename.clone();
+    let resolved = tokio::task::spawn_blocking(move || tree.resolve(&filename, requester)).await;
+    let served = match resolved {
+        Ok(Ok(served)) => served,
+        Ok(Err(refusal)) => {
+            answer_refusal(&shared, &channel, &mut record, refusal).await;
+            record.publish(&shared.timeline, "tftp.fetch");
+            return;
+        }
+        Err(join_error) => {
+            let message = format!("resolving the path failed: {join_error}");
+            channel
+                .send_error(error_code::NOT_DEFINED, "internal error")
+                .await;
+            record
+                .end(Outcome::Error)
+                .with_error(error_code::NOT_DEFINED, message);
+            record.publish(&shared.timeline, "tftp.fetch");
+            return;
+        }
+    };
+    record.file = served.path.clone();
+    record.size = Some(served.size);
+    if served.phone.is_some() {
+        record.phone = served.phone.clone();
+    }
+
+    if !wait(&shared, served.delay).await {
+        record.end(Outcome::Error).message = Some("rig stopped".into());
+        record.publish(&shared.timeline, "tftp.fetch");
+        return;
+    }
+    send_file(&shared, &mut channel, &request, &served, &mut record).await;
+    record.publish(&shared.timeline, "tftp.fetch");
+}
+
+async fn answer_refusal(
+    shared: &Shared,
+    channel: &Channel,
+    record: &mut TransferRecord,
+    refusal: ResolveError,
+) {
+    let (outcome, code, message) = match refusal {
+        ResolveError::NotFound => (
+            Outcome::NotFound,
+            error_code::FILE_NOT_FOUND,
+            "file not found".to_owned(),
+        ),
+        ResolveError::Refused(reason) => {
+            publish_refused(
+                shared,
+                channel.peer(),
+                &record.file,
+                &reason,
+                record.phone.clone(),
+            );
+            (
+                Outcome::Refused,
+                error_code::ACCESS_VIOLATION,
+                "access violation".to_owned(),
+            )
+        }
+        ResolveError::Forced { status, delay } => {
+            if !wait(shared, delay).await {
+                record.end(Outcome::Error).message = Some("rig stopped".into());
+                return;
+            }
+            if status == 404 {
+                (
+                    Outcome::Forced,
+                    error_code::FILE_NOT_FOUND,
+                    "file not found".to_owned(),
+                )
+            } else {
+                (
+                    Outcome::Forced,
+                    error_code::NOT_DEFINED,
+                    format!("forced {status}"),
+                )
+            }
+        }
+    };
+    channel.send_error(code, &message).await;
+    record.end(outcome).with_error(code, message);
+}
+
+async fn send_file(
+    shared: &Shared,
+    channel: &mut Channel,
+    request: &Request,
+    served: &ServedFile,
+    record: &mut TransferRecord,
+) {
+    let mut source = match BlockSource::open(served, request.mode).await {
+        Ok(source) => source,
+        Err(error) => {
+            channel
+                .send_error(error_code::NOT_DEFINED, "cannot read file")
+                .await;
+            record.end(Outcome::Error).with_error(
+                error_code::NOT_DEFINED,
+                format!("cannot read file: {error}"),
+            );
+            return;
+        }
+    };
+    let agreed = if shared.disable_options {
+        Agreed::plain(&shared.limits)
+    } else {
+        // On the wire a netascii file is longer than on disk; like tftpd-hpa,
+        // leave tsize out rather than announce a wrong size.
+        let size = (request.mode == Mode::Octet).then_some(served.size);
+        negotiate(&request.options, &shared.limits, Direction::Read { size })
+    };
+    record.agreed = option_map(&agreed.oack);
+    // `truncate` shorter than the file: a broken download, never reported as complete.
+    let truncated = served.truncate.is_some_and(|limit| limit <= served.size);
+
+    let result = match oack_exchange(shared, channel, &agreed).await {
+        Ok(()) => send_blocks(shared, channel, &mut source, &agreed, truncated, record).await,
+        Err(stop) => Err(stop),
+    };
+    match result {
+        Ok(()) => {
+            record.end(if truncated {
+                Outcome::Truncated
+            } else {
+                Outcome::Complete
+            });
+        }
+        Err(Stop::TimedOut) => {
+            // A truncated transfer is expected to leave the client waiting.
+            record.end(if truncated {
+                Outcome::Truncated
+            } else {
+                Outcome::TimedOut
+            });
+        }
+        Err(Stop::Aborted { code, message }) => {
+            record.end(Outcome::Aborted).with_error(code, message);
+        }
+        Err(Stop::Shutdown) => {
+            channel
+                .send_error(error_code::NOT_DEFINED, "server shutting down")
+                .await;
+            record.end(Outcome::Error).message = Some("rig stopped".into());
+        }
+        Err(Stop::Failed(message)) => {
+            channel
+                .send_error(error_code::NOT_DEFINED, "read error")
+                .await;
+            record
+                .end(Outcome::Error)
+                .with_error(error_code::NOT_DEFINED, message);
+        }
+    }
+}
+
+/// Sends the OACK (if any option was accepted) until the client acknowledges it with ACK 0.
+async fn oack_exchange(
+    shared: &Shared,
+    channel: &mut Channel,
+    agreed: &Agreed,
+) -> Result<(), Stop> {
+    if agreed.oack.is_empty() {
+        return Ok(());
+    }
+    let oack = Packet::Oack {
+        options: agreed.oack.clone(),
+    }
+    .encode();
+    let mut retries = 0;
+    loop {
+        channel
+            .send(&oack)
+            .await
+            .map_err(|e| Stop::Failed(format!("send: {e}")))?;
+        let deadline = Instant::now() + agreed.timeout;
+        loop {
+            match channel.recv_until(deadline).await {
+                Received::Packet(Packet::Ack { block: 0 }) => return Ok(()),
+                Received::Packet(Packet::Error { code, message }) => {
+                    return Err(Stop::Aborted { code, message })
+                }
+                Received::Packet(_) => continue,
+                Received::Shutdown => return Err(Stop::Shutdown),
+                Received::TimedOut => break,
+            }
+        }
+        retries += 1;
+        if retries > shared.retries {
+            return Err(Stop::TimedOut);
+        }
+    }
+}
+
+async fn send_blocks(
+    shared: &Shared,
+    channel: &mut Channel,
+    source: &mut BlockSource,
+    agreed: &Agreed,
+    truncated: bool,
+    record: &mut TransferRecord,
+) -> Result<(), Stop> {
+    let blksize = usize::from(agreed.blksize);
+    let mut window = SendWindow::new(agreed.windowsize);
+    // Blocks after the last acknowledged one, kept for resending.
+    let mut unacked: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut fetched = 0u64;
+    let mut retries = 0;
+    loop {
+        while let Some(block) = window.next_to_send() {
+            if block > fetched {
+                let data = source
+                    .next_block(blksize)
+                    .await
+                    .map_err(|e| Stop::Failed(format!("read: {e}")))?;
+                if data.len() < blksize {
+                    if truncated && data.is_empty() {
+                        // The cut falls on a block boundary: send no final
+                        // short block, so the client sees a stalled download.
+                        window.set_last(block - 1);
+                        continue;
+                    }
+                    window.set_last(block);
+                }
+                unacked.push_back(data);
+                fetched = block;
+            }
+            let data = &unacked[(block - window.acked() - 1) as usize];
+            channel
+                .send(&encode_data(wire_block(block), data))
+                .await
+                .map_err(|e| Stop::Failed(format!("send: {e}")))?;
+            if window.sent(block) {
+                record.bytes += data.len() as u64;
+            }
+        }
+        if window.is_finished() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + agreed.timeout;
+        loop {
+            match channel.recv_until(deadline).await {
+                Received::Packet(Packet::Ack { block }) => {
+                    let before = window.acked();
+                    let outcome = window.on_ack(block);
+                    unacked.drain(..(window.acked() - before) as usize);
+                    match outcome {
+                        AckOutcome::Ignored => continue,
+                        AckOutcome::Progress => {
+                            retries = 0;
+                            break;
+                        }
+                        AckOutcome::Finished => return Ok(()),
+                    }
+                }
+                Received::Packet(Packet::Error { code, message }) => {
+                    return Err(Stop::Aborted { code, message })
+                }
+                Received::Packet(_) => continue,
+                Received::Shutdown => return Err(Stop::Shutdown),
+                Received::TimedOut => {
+                    retries += 1;
+                    if retries > shared.retries {
+                        return Err(Stop::TimedOut);
+                    }
+                    window.on_timeout();
+                    break;
+                }
+            }
+        }
+    }
+}
