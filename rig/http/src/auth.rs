@@ -146,9 +146,19 @@ impl Authenticator {
             .collect()
     }
 
+    /// The realm to announce. One naming `{phone.*}` needs a known requester;
+    /// without one the default realm is announced (and will not match).
     fn realm_for(&self, requester: Option<&PhoneInfo>) -> String {
-        self.expand_for(requester)
-            .map_or_else(|| DEFAULT_REALM.to_owned(), |c| c.realm)
+        let Some(realm) = &self.auth.realm else {
+            return DEFAULT_REALM.to_owned();
+        };
+        let placeholders = match requester {
+            Some(p) => self.base.clone().with_phone(p),
+            None => self.base.clone(),
+        };
+        placeholders
+            .expand(realm)
+            .unwrap_or_else(|_| DEFAULT_REALM.to_owned())
     }
 
     /// The `WWW-Authenticate` values of a 401. Digest offers SHA-256 first and
@@ -444,6 +454,20 @@ mod tests {
             AuthVerdict::Failed { stale: true }
         );
         assert!(auth.challenges(None, true)[0].ends_with("stale=true"));
+    }
+
+    #[test]
+    fn fixed_realm_is_announced_even_when_the_user_is_per_phone() {
+        let mut auth = authenticator(AuthScheme::Digest, "{phone.ext}", "{phone.password}");
+        auth.auth.realm = Some("htek".into());
+        assert!(auth
+            .challenges(None, false)
+            .iter()
+            .all(|c| c.contains("realm=\"htek\"")));
+        auth.auth.realm = Some("{phone.name}".into());
+        assert!(auth.challenges(None, false)[0].contains("realm=\"phonerig\""));
+        let a = phone("a", "001fc110d3a9", "4002");
+        assert!(auth.challenges(Some(&a), false)[0].contains("realm=\"a\""));
     }
 
     #[test]

@@ -288,3 +288,127 @@ async fn action_without_mac_is_attributed_by_address() {
         .starts_with(&format!("{client_ip}:")));
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn head_and_ranges() {
+    if !have_curl() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let data = write_random(&root.path().join("fw.rom"), 300_000, 11);
+    let rig = Rig::start(Setup {
+        root: Some(root.path().into()),
+        ..Setup::default()
+    })
+    .await;
+
+    let head = curl(&["-I", &rig.url("/fw.rom")]).await;
+    let head = String::from_utf8_lossy(&head.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-length: 300000"), "{head}");
+    assert!(head.contains("accept-ranges: bytes"), "{head}");
+    let fetch = rig.event("http.fetch", 0).await;
+    assert_eq!(fetch.field_str("method"), Some("HEAD"));
+    assert_eq!(
+        (fetch.field_str("outcome"), fetch.field_u64("bytes")),
+        (Some("complete"), Some(0))
+    );
+
+    let part = curl(&["-r", "1000-1999", "-D", "-", &rig.url("/fw.rom")]).await;
+    let text = String::from_utf8_lossy(&part.stdout).to_string();
+    assert!(text.starts_with("HTTP/1.1 206"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-range: bytes 1000-1999/300000"),
+        "{text}"
+    );
+    assert!(part.stdout.ends_with(&data[1000..2000]));
+
+    let tail = curl(&["-r", "-10", &rig.url("/fw.rom")]).await;
+    assert_eq!(tail.stdout, &data[data.len() - 10..]);
+    assert_eq!(
+        status_of(&["-r", "400000-"], &rig.url("/fw.rom")).await.0,
+        "416"
+    );
+
+    // Resuming a download (curl -C) gives the same bytes as one go.
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("resume.rom");
+    std::fs::write(&out, &data[..123_456]).unwrap();
+    let resumed = curl(&["-C", "-", "-o", out.to_str().unwrap(), &rig.url("/fw.rom")]).await;
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(std::fs::read(&out).unwrap() == data);
+
+    assert_eq!(
+        fetch_outcomes(&rig, 5).await[1..],
+        [
+            ("complete".into(), 206),
+            ("complete".into(), 206),
+            ("error".into(), 416),
+            ("complete".into(), 206)
+        ]
+    );
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn templates_expand_for_the_phone_named_in_the_path() {
+    if !have_curl() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(
+        root.path().join("cfg001fc110d3a9.xml"),
+        "<P47>{rig.ip}:{rig.sip_port}</P47><P35>{phone.ext}</P35>",
+    )
+    .unwrap();
+    let rules = vec![FileRule {
+        template: true,
+        ..rule("cfg{phone.mac}.xml")
+    }];
+    let rig = Rig::start(Setup {
+        root: Some(root.path().into()),
+        rules,
+        ..Setup::default()
+    })
+    .await;
+    let out = curl(&[&rig.url("/cfg001fc110d3a9.xml")]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("<P47>{}:5060</P47><P35>4002</P35>", rig.ip)
+    );
+    let fetch = rig.event("http.fetch", 0).await;
+    assert_eq!(fetch.phone.as_deref(), Some("uc924-1"));
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn other_methods_get_405() {
+    if !have_curl() {
+        return;
+    }
+    let rules = vec![FileRule {
+        content: Some("x".into()),
+        ..rule("a.cfg")
+    }];
+    let rig = Rig::start(Setup {
+        rules,
+        ..Setup::default()
+    })
+    .await;
+    for method in ["POST", "PUT", "DELETE"] {
+        assert_eq!(
+            status_of(&["-X", method], &rig.url("/a.cfg")).await.0,
+            "405"
+        );
+    }
+    assert_eq!(
+        fetch_outcomes(&rig, 3).await,
+        vec![("error".into(), 405); 3]
+    );
+    rig.stop().await;
+}

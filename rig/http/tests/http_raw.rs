@@ -1,0 +1,162 @@
+//! The HTTP service against hand-written bytes: malformed requests, the
+//! connection bound, shutdown.
+
+mod support;
+
+use std::time::Duration;
+
+use phonerig_core::FileRule;
+use support::{Rig, Setup};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn malformed_request_is_answered_400_and_logged_and_service_goes_on() {
+    let rules = vec![FileRule {
+        path: "a.cfg".into(),
+        content: Some("fine".into()),
+        ..FileRule::default()
+    }];
+    let rig = Rig::start(Setup {
+        rules,
+        ..Setup::default()
+    })
+    .await;
+    let addr = rig.http.unwrap();
+
+    let answer = exchange(addr, b"GARBAGE \x01\x02 NOT HTTP\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let malformed = rig.event("http.malformed", 0).await;
+    assert_eq!(malformed.field_str("protocol"), Some("http"));
+    assert!(malformed.field_str("error").is_some());
+
+    let answer = exchange(
+        addr,
+        b"GET /a.cfg HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("fine"),
+        "{answer}"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_bound_are_closed_and_reported() {
+    let rules = vec![FileRule {
+        path: "a.cfg".into(),
+        content: Some("fine".into()),
+        ..FileRule::default()
+    }];
+    let rig = Rig::start(Setup {
+        rules,
+        max_connections: 2,
+        ..Setup::default()
+    })
+    .await;
+    let addr = rig.http.unwrap();
+
+    // Two idle keep-alive connections hold both permits.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /a.cfg HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(stream);
+    }
+    let answer = exchange(
+        addr,
+        b"GET /a.cfg HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer, "", "third connection is closed without an answer");
+    let overloaded = rig.event("http.overloaded", 0).await;
+    assert_eq!(overloaded.field_u64("limit"), Some(2));
+
+    // Releasing one lets the next client in.
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = exchange(
+            addr,
+            b"GET /a.cfg HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "permit never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn stopping_releases_the_port_and_reports_it() {
+    let rig = Rig::start(Setup::default()).await;
+    let addr = rig.http.unwrap();
+    // An idle open connection must not hold the service up.
+    let _idle = TcpStream::connect(addr).await.unwrap();
+    let timeline = rig.timeline.clone();
+    rig.stop().await;
+    assert!(timeline
+        .snapshot()
+        .iter()
+        .any(|e| e.kind == "service.stopped" && e.field_str("service") == Some("http")));
+    assert!(timeline
+        .snapshot()
+        .iter()
+        .any(|e| e.kind == "service.started"));
+    std::net::TcpListener::bind(addr).expect("port is free again");
+}
+
+#[tokio::test]
+async fn disabled_service_binds_nothing() {
+    let timeline = phonerig_core::Timeline::in_memory();
+    let ctx = phonerig_core::ServiceContext {
+        timeline: timeline.clone(),
+        directory: Default::default(),
+        bind_ip: support::unique_ip(),
+        placeholders: Default::default(),
+        tree: phonerig_core::ProvisioningTree::new(
+            None,
+            vec![],
+            Default::default(),
+            Default::default(),
+        ),
+        shutdown: Default::default(),
+    };
+    let settings = phonerig_http::Settings {
+        enabled: Some(false),
+        ..Default::default()
+    };
+    let service = phonerig_http::start(
+        ctx,
+        phonerig_http::HttpConfig {
+            http_port: Some(0),
+            ..Default::default()
+        },
+        settings,
+    )
+    .await
+    .unwrap();
+    assert!(service.addrs.is_empty());
+    assert!(timeline.is_empty());
+}
