@@ -12,3 +12,4 @@ pub mod fetch;
 pub mod model;
 
 pub use config::{Placement, SimHostConfig, Timing, VirtualPhoneSpec};
+pub mod vendor;
