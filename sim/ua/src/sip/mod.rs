@@ -1,0 +1,4 @@
+//! SIP pieces owned by the virtual phone.
+pub mod digest;
+pub mod message;
+pub mod timers;
