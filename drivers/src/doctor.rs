@@ -5,7 +5,7 @@
 //! the calling thread, so they can be run inside a test namespace.
 
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -110,7 +110,7 @@ pub fn check_nic(nic: &str, bench_address: Option<IpAddr>) -> Vec<Finding> {
         return vec![Finding::bad(
             "nic.present",
             format!("no interface `{nic}`; interfaces here: {}", if names.is_empty() { "none".into() } else { names.join(", ") }),
-            format!("plug in the bench NIC, or set `nic` in the lab file to one of the interfaces `ip link` lists"),
+            "plug in the bench NIC, or set `nic` in the lab file to one of the interfaces `ip link` lists",
         )];
     };
     let mut findings = vec![Finding::ok(
@@ -232,7 +232,7 @@ pub fn check_privileges() -> Vec<Finding> {
         .collect()
 }
 
-pub fn check_serial(phone: &str, device: &PathBuf) -> Finding {
+pub fn check_serial(phone: &str, device: &Path) -> Finding {
     let check = format!("serial.{phone}");
     match serialport::new(device.to_string_lossy(), 115_200).open() {
         Ok(_) => Finding::ok(check, format!("{} opens", device.display())),

@@ -13,7 +13,10 @@ use phonerig_drivers::{keys, Driven, DriverEnv, Key};
 
 /// Answers 200 to everything except paths containing `forbidden` (403);
 /// records `(request line, authorization header)`.
-fn fake_phone() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+/// `(request line, authorization header)` of each request, in order.
+type RequestLog = Arc<Mutex<Vec<(String, String)>>>;
+
+fn fake_phone() -> (String, RequestLog) {
     let listener = TcpListener::bind("127.0.57.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let log = Arc::new(Mutex::new(Vec::new()));

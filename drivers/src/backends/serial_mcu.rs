@@ -11,7 +11,7 @@
 //! rig's scheduling; the answer comes when the button is up again. The
 //! protocol (and a sketch to flash) is in docs/bench-wiring.md.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -86,7 +86,7 @@ pub fn exchange(
     port: &mut dyn SerialPort,
     command: &str,
     timeout: Duration,
-    device: &PathBuf,
+    device: &Path,
 ) -> Result<(), DriverError> {
     let shown = device.display();
     // A stale answer or boot banner must not be taken for this command's answer.
