@@ -1,0 +1,303 @@
+//! The registrar: digest-authenticates REGISTER against the lab's phone
+//! directory (the AOR's user part is the phone's extension), keeps the
+//! registration table, and reports every attempt as `sip.register`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use phonerig_core::event::NewEvent;
+use phonerig_core::Source;
+
+use crate::digest::{self, Algorithm, Credentials};
+use crate::endpoint::Core;
+use crate::message::{header_param, response_to, token, uri_of, user_of, SipMsg, Transport};
+use crate::{user_agent, RegisterPolicy, Registration};
+
+/// Nonces kept valid at once; older ones get a `stale=true` re-challenge.
+const NONCES_KEPT: usize = 256;
+const DEFAULT_EXPIRES: u32 = 3600;
+
+pub(crate) struct Registrar {
+    realm: String,
+    algorithm: Option<Algorithm>,
+    policy: RegisterPolicy,
+    table: Mutex<BTreeMap<String, Registration>>,
+    nonces: Mutex<VecDeque<String>>,
+}
+
+/// What the registrar decided for one REGISTER.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    Challenge { stale: bool },
+    Reject(u16),
+    Accept,
+}
+
+impl Registrar {
+    pub fn new(realm: String, algorithm: Option<Algorithm>, policy: RegisterPolicy) -> Registrar {
+        Registrar {
+            realm,
+            algorithm,
+            policy,
+            table: Mutex::new(BTreeMap::new()),
+            nonces: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub fn get(&self, ext: &str) -> Option<Registration> {
+        self.table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(ext)
+            .filter(|r| r.is_current())
+            .cloned()
+    }
+
+    pub fn all(&self) -> BTreeMap<String, Registration> {
+        self.table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, r)| r.is_current())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn new_nonce(&self) -> String {
+        let nonce = token(16);
+        let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        nonces.push_back(nonce.clone());
+        while nonces.len() > NONCES_KEPT {
+            nonces.pop_front();
+        }
+        nonce
+    }
+
+    fn knows_nonce(&self, nonce: &str) -> bool {
+        self.nonces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|n| n == nonce)
+    }
+
+    fn verdict(&self, request: &SipMsg, password: Option<&str>) -> Verdict {
+        match self.policy {
+            RegisterPolicy::Reject { code } => return Verdict::Reject(code),
+            RegisterPolicy::ChallengeForever => return Verdict::Challenge { stale: false },
+            RegisterPolicy::Accept => {}
+        }
+        let Some(algorithm) = self.algorithm else {
+            return Verdict::Accept;
+        };
+        let Some(password) = password else {
+            return Verdict::Reject(404);
+        };
+        let credentials = request
+            .headers_named("authorization")
+            .iter()
+            .filter_map(|h| Credentials::parse(h))
+            .find(|c| c.realm == self.realm);
+        let Some(credentials) = credentials else {
+            return Verdict::Challenge { stale: false };
+        };
+        if credentials.algorithm != algorithm {
+            return Verdict::Challenge { stale: false };
+        }
+        if !self.knows_nonce(&credentials.nonce) {
+            return Verdict::Challenge { stale: true };
+        }
+        let user = user_of(&request.to()).unwrap_or_default();
+        if credentials.username != user || !credentials.verify(password, "REGISTER") {
+            return Verdict::Reject(403);
+        }
+        Verdict::Accept
+    }
+}
+
+/// Expiry asked for: the Contact's `expires` parameter, else the Expires header, else 3600.
+fn requested_expires(request: &SipMsg, contact: &str) -> u32 {
+    header_param(contact, "expires")
+        .and_then(|e| e.parse().ok())
+        .or_else(|| {
+            request
+                .header("expires")
+                .and_then(|e| e.trim().parse().ok())
+        })
+        .unwrap_or(DEFAULT_EXPIRES)
+}
+
+pub(crate) async fn handle(core: &Core, request: SipMsg, peer: SocketAddr, transport: Transport) {
+    let registrar = &core.registrar;
+    let to = request.to();
+    let ext = user_of(&to).unwrap_or_default();
+    let aor = uri_of(&to);
+    let phone = core.ctx.directory.by_ext(&ext);
+    let contact = request.header("contact").unwrap_or_default();
+    let user_agent = request.header("user-agent");
+    let mut expires = requested_expires(&request, &contact);
+    let to_tag = token(4);
+
+    let verdict = registrar.verdict(&request, phone.as_ref().map(|p| p.password.as_str()));
+    let (code, result, builder) = match verdict {
+        Verdict::Challenge { stale } => {
+            let algorithm = registrar.algorithm.unwrap_or(Algorithm::Md5);
+            let mut challenge =
+                digest::challenge(&registrar.realm, &registrar.new_nonce(), algorithm);
+            if stale {
+                challenge.push_str(", stale=true");
+            }
+            (
+                401,
+                "challenged",
+                response_to(&request, Some(&to_tag)).header("WWW-Authenticate", challenge),
+            )
+        }
+        Verdict::Reject(code) => (code, "rejected", response_to(&request, Some(&to_tag))),
+        Verdict::Accept => {
+            let removing = contact.trim() == "*" || expires == 0 || contact.is_empty();
+            let mut table = registrar.table.lock().unwrap_or_else(|p| p.into_inner());
+            if removing {
+                table.remove(&ext);
+                expires = 0;
+                drop(table);
+                (200, "unregistered", response_to(&request, Some(&to_tag)))
+            } else {
+                table.insert(
+                    ext.clone(),
+                    Registration {
+                        ext: ext.clone(),
+                        aor: aor.clone(),
+                        contact: uri_of(&contact),
+                        expires,
+                        transport,
+                        source: peer,
+                        user_agent: user_agent.clone(),
+                        registered_at: Instant::now(),
+                    },
+                );
+                drop(table);
+                let granted = format!("<{}>;expires={expires}", uri_of(&contact));
+                (
+                    200,
+                    "ok",
+                    response_to(&request, Some(&to_tag))
+                        .header("Contact", granted)
+                        .header("Expires", expires.to_string()),
+                )
+            }
+        }
+    };
+    core.respond(&request, builder, code, peer, transport).await;
+
+    let parsed = user_agent.as_deref().and_then(user_agent::parse);
+    let phone_name = phone
+        .map(|p| p.name.clone())
+        .or_else(|| core.ctx.directory.by_ip(peer.ip()).map(|p| p.name.clone()));
+    core.ctx.timeline.publish(
+        NewEvent::new(Source::Sip, "sip.register")
+            .phone(phone_name)
+            .field("aor", aor)
+            .field("contact", contact)
+            .field("expires", expires)
+            .field("user_agent", user_agent)
+            .field("ua_vendor", parsed.as_ref().map(|p| p.vendor.clone()))
+            .field("ua_model", parsed.as_ref().map(|p| p.model.clone()))
+            .field("ua_version", parsed.as_ref().map(|p| p.version.clone()))
+            .field("peer", peer.to_string())
+            .field("transport", transport)
+            .field("result", result)
+            .field("code", code),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn register(extra: &str) -> SipMsg {
+        let text = format!(
+            "REGISTER sip:rig SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2;branch=z9hG4bK1\r\nFrom: <sip:4002@rig>;tag=a\r\nTo: <sip:4002@rig>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContact: <sip:4002@127.0.0.2>\r\n{extra}Content-Length: 0\r\n\r\n"
+        );
+        SipMsg::parse(text.as_bytes()).unwrap()
+    }
+
+    fn answered(registrar: &Registrar, password: &str, algorithm: Algorithm) -> SipMsg {
+        let challenge =
+            digest::Challenge::parse(&digest::challenge("rig", &registrar.new_nonce(), algorithm))
+                .unwrap();
+        register(&format!(
+            "Authorization: {}\r\n",
+            challenge.answer("4002", password, "REGISTER", "sip:rig", "cn")
+        ))
+    }
+
+    #[rstest]
+    #[case(Algorithm::Md5)]
+    #[case(Algorithm::Sha256)]
+    fn digest_round(#[case] algorithm: Algorithm) {
+        let registrar = Registrar::new("rig".into(), Some(algorithm), RegisterPolicy::Accept);
+        assert_eq!(
+            registrar.verdict(&register(""), Some("pw")),
+            Verdict::Challenge { stale: false }
+        );
+        assert_eq!(
+            registrar.verdict(&answered(&registrar, "pw", algorithm), Some("pw")),
+            Verdict::Accept
+        );
+        assert_eq!(
+            registrar.verdict(&answered(&registrar, "wrong", algorithm), Some("pw")),
+            Verdict::Reject(403)
+        );
+        assert_eq!(registrar.verdict(&register(""), None), Verdict::Reject(404));
+    }
+
+    #[test]
+    fn unknown_nonce_is_stale_and_wrong_algorithm_rechallenged() {
+        let registrar = Registrar::new(
+            "rig".into(),
+            Some(Algorithm::Sha256),
+            RegisterPolicy::Accept,
+        );
+        let forged =
+            digest::Challenge::parse(&digest::challenge("rig", "not-issued", Algorithm::Sha256))
+                .unwrap();
+        let request = register(&format!(
+            "Authorization: {}\r\n",
+            forged.answer("4002", "pw", "REGISTER", "sip:rig", "cn")
+        ));
+        assert_eq!(
+            registrar.verdict(&request, Some("pw")),
+            Verdict::Challenge { stale: true }
+        );
+        assert_eq!(
+            registrar.verdict(&answered(&registrar, "pw", Algorithm::Md5), Some("pw")),
+            Verdict::Challenge { stale: false }
+        );
+    }
+
+    #[rstest]
+    #[case(RegisterPolicy::Reject { code: 403 }, Verdict::Reject(403))]
+    #[case(RegisterPolicy::ChallengeForever, Verdict::Challenge { stale: false })]
+    fn forced_policies_ignore_good_credentials(
+        #[case] policy: RegisterPolicy,
+        #[case] expected: Verdict,
+    ) {
+        let registrar = Registrar::new("rig".into(), Some(Algorithm::Md5), policy);
+        assert_eq!(
+            registrar.verdict(&answered(&registrar, "pw", Algorithm::Md5), Some("pw")),
+            expected
+        );
+    }
+
+    #[rstest]
+    #[case("", "<sip:4002@h>", 3600)]
+    #[case("Expires: 60\r\n", "<sip:4002@h>", 60)]
+    #[case("Expires: 60\r\n", "<sip:4002@h>;expires=0", 0)]
+    fn expiry(#[case] extra: &str, #[case] contact: &str, #[case] expected: u32) {
+        assert_eq!(requested_expires(&register(extra), contact), expected);
+    }
+}

@@ -1,0 +1,357 @@
+//! UDP and TCP for SIP: one UDP socket, one TCP listener on the same port, and
+//! the TCP connections phones opened (reused to reach them, RFC 3261 §18.2.2)
+//! or the rig opened. Everything received goes into one channel as raw bytes;
+//! parsing is the endpoint's business so malformed input can be recorded.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::message::Transport;
+
+/// Frames larger than this are refused (no SIP message needs more).
+pub const MAX_MESSAGE: usize = 65_535;
+
+/// Bytes from the wire.
+#[derive(Debug)]
+pub struct Received {
+    pub bytes: Vec<u8>,
+    pub peer: SocketAddr,
+    pub transport: Transport,
+}
+
+/// Why a TCP byte stream cannot be split into messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    #[error("no end of headers within {MAX_MESSAGE} bytes")]
+    HeadersTooLong,
+    #[error("bad Content-Length `{0}`")]
+    BadContentLength(String),
+    #[error("Content-Length {0} exceeds {MAX_MESSAGE}")]
+    BodyTooLong(usize),
+}
+
+/// Takes one complete message off the front of a TCP buffer (RFC 3261 §18.3:
+/// Content-Length frames the body). Leading CRLF keep-alives are discarded.
+pub fn take_frame(buffer: &mut Vec<u8>) -> Result<Option<Vec<u8>>, FramingError> {
+    let leading = buffer
+        .iter()
+        .take_while(|b| **b == b'\r' || **b == b'\n')
+        .count();
+    buffer.drain(..leading);
+    let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if buffer.len() > MAX_MESSAGE {
+            Err(FramingError::HeadersTooLong)
+        } else {
+            Ok(None)
+        };
+    };
+    let head = String::from_utf8_lossy(&buffer[..end]);
+    let mut length = 0usize;
+    for line in head.split("\r\n").skip(1) {
+        if let Some((name, value)) = line.split_once(':') {
+            let name = name.trim();
+            if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
+                length = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| FramingError::BadContentLength(value.trim().to_owned()))?;
+            }
+        }
+    }
+    if length > MAX_MESSAGE {
+        return Err(FramingError::BodyTooLong(length));
+    }
+    let total = end + 4 + length;
+    if buffer.len() < total {
+        return Ok(None);
+    }
+    Ok(Some(buffer.drain(..total).collect()))
+}
+
+/// What a TCP reader reports besides messages.
+#[derive(Debug)]
+pub enum StreamTrouble {
+    Framing {
+        peer: SocketAddr,
+        error: FramingError,
+    },
+}
+
+#[derive(Clone)]
+pub struct SipTransport {
+    inner: Arc<TransportInner>,
+}
+
+struct TransportInner {
+    /// Taken out at shutdown so the port is released even while handles live on.
+    udp: Mutex<Option<Arc<UdpSocket>>>,
+    tcp_enabled: bool,
+    local: SocketAddr,
+    connections: Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>>,
+    received: mpsc::Sender<Received>,
+    trouble: mpsc::UnboundedSender<StreamTrouble>,
+    shutdown: CancellationToken,
+}
+
+impl SipTransport {
+    /// Binds UDP (and TCP on the same port when `tcp`) and starts the readers.
+    pub async fn bind(
+        addr: SocketAddr,
+        tcp: bool,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<(
+        SipTransport,
+        Vec<SocketAddr>,
+        mpsc::Receiver<Received>,
+        mpsc::UnboundedReceiver<StreamTrouble>,
+    )> {
+        let udp = UdpSocket::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("SIP UDP bind {addr}: {e}"))?;
+        let udp_addr = udp.local_addr()?;
+        let mut addrs = vec![udp_addr];
+        let listener = if tcp {
+            let listener = TcpListener::bind(udp_addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("SIP TCP bind {udp_addr}: {e}"))?;
+            addrs.push(listener.local_addr()?);
+            Some(listener)
+        } else {
+            None
+        };
+        let (received_tx, received_rx) = mpsc::channel(1024);
+        let (trouble_tx, trouble_rx) = mpsc::unbounded_channel();
+        let transport = SipTransport {
+            inner: Arc::new(TransportInner {
+                udp: Mutex::new(Some(Arc::new(udp))),
+                tcp_enabled: tcp,
+                local: udp_addr,
+                connections: Mutex::new(HashMap::new()),
+                received: received_tx,
+                trouble: trouble_tx,
+                shutdown,
+            }),
+        };
+        tokio::spawn(transport.clone().udp_loop());
+        if let Some(listener) = listener {
+            tokio::spawn(transport.clone().accept_loop(listener));
+        }
+        Ok((transport, addrs, received_rx, trouble_rx))
+    }
+
+    fn udp(&self) -> Option<Arc<UdpSocket>> {
+        self.inner
+            .udp
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Releases the UDP port and ends the TCP connections (called on shutdown).
+    pub fn close(&self) {
+        self.inner.shutdown.cancel();
+        self.inner
+            .udp
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.inner
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local
+    }
+
+    async fn udp_loop(self) {
+        let Some(udp) = self.udp() else { return };
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                received = udp.recv_from(&mut buf) => {
+                    let Ok((len, peer)) = received else { continue };
+                    // CRLF keep-alives (RFC 5626 §3.5.1) are not messages.
+                    if buf[..len].iter().all(|b| b.is_ascii_whitespace()) {
+                        continue;
+                    }
+                    let _ = self.inner.received.send(Received { bytes: buf[..len].to_vec(), peer, transport: Transport::Udp }).await;
+                }
+            }
+        }
+    }
+
+    async fn accept_loop(self, listener: TcpListener) {
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                accepted = listener.accept() => {
+                    if let Ok((stream, peer)) = accepted {
+                        self.adopt(stream, peer);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts reader and writer tasks for a connection and remembers it by peer address.
+    fn adopt(&self, stream: TcpStream, peer: SocketAddr) -> mpsc::UnboundedSender<Vec<u8>> {
+        let (mut reader, mut writer) = stream.into_split();
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        self.inner
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, out_tx.clone());
+        let shutdown = self.inner.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    next = out_rx.recv() => match next {
+                        Some(bytes) => if writer.write_all(&bytes).await.is_err() { return },
+                        None => return,
+                    }
+                }
+            }
+        });
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut buffer = Vec::new();
+            let mut chunk = vec![0u8; 8192];
+            'read: loop {
+                let read = tokio::select! {
+                    _ = this.inner.shutdown.cancelled() => break 'read,
+                    read = reader.read(&mut chunk) => read,
+                };
+                match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                }
+                loop {
+                    match take_frame(&mut buffer) {
+                        Ok(Some(bytes)) => {
+                            let _ = this
+                                .inner
+                                .received
+                                .send(Received {
+                                    bytes,
+                                    peer,
+                                    transport: Transport::Tcp,
+                                })
+                                .await;
+                        }
+                        Ok(None) => break,
+                        Err(error) => {
+                            // The stream cannot be re-synchronised: record and close.
+                            let _ = this
+                                .inner
+                                .trouble
+                                .send(StreamTrouble::Framing { peer, error });
+                            break 'read;
+                        }
+                    }
+                }
+            }
+            this.inner
+                .connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&peer);
+        });
+        out_tx
+    }
+
+    /// Sends one message; over TCP reuses the peer's connection or opens one.
+    pub async fn send(
+        &self,
+        bytes: &[u8],
+        dest: SocketAddr,
+        transport: Transport,
+    ) -> anyhow::Result<()> {
+        match transport {
+            Transport::Udp => {
+                let udp = self
+                    .udp()
+                    .ok_or_else(|| anyhow::anyhow!("SIP transport closed"))?;
+                udp.send_to(bytes, dest).await?;
+            }
+            Transport::Tcp => {
+                if !self.inner.tcp_enabled {
+                    anyhow::bail!("TCP is disabled in this rig's SIP config");
+                }
+                let existing = self
+                    .inner
+                    .connections
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&dest)
+                    .cloned();
+                let sender = match existing {
+                    Some(sender) if !sender.is_closed() => sender,
+                    _ => {
+                        let local_ip = self.inner.local.ip();
+                        let socket = if local_ip.is_ipv4() {
+                            tokio::net::TcpSocket::new_v4()?
+                        } else {
+                            tokio::net::TcpSocket::new_v6()?
+                        };
+                        socket.bind(SocketAddr::new(local_ip, 0))?;
+                        let stream = socket
+                            .connect(dest)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("TCP connect {dest}: {e}"))?;
+                        self.adopt(stream, dest)
+                    }
+                };
+                sender
+                    .send(bytes.to_vec())
+                    .map_err(|_| anyhow::anyhow!("TCP connection to {dest} closed"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[test]
+    fn frames_split_on_content_length_and_skip_keepalives() {
+        let mut buffer = b"\r\n\r\nOPTIONS sip:a SIP/2.0\r\nl: 3\r\n\r\nabcBYE sip:a SIP/2.0\r\nContent-Length: 0\r\n\r\nNOTIFY".to_vec();
+        let first = take_frame(&mut buffer).unwrap().unwrap();
+        assert!(first.starts_with(b"OPTIONS") && first.ends_with(b"\r\n\r\nabc"));
+        let second = take_frame(&mut buffer).unwrap().unwrap();
+        assert!(second.starts_with(b"BYE") && second.ends_with(b"\r\n\r\n"));
+        assert_eq!(take_frame(&mut buffer).unwrap(), None);
+        assert_eq!(buffer, b"NOTIFY");
+    }
+
+    #[test]
+    fn incomplete_body_waits_for_more() {
+        let mut buffer = b"INVITE sip:a SIP/2.0\r\nContent-Length: 10\r\n\r\nv=0".to_vec();
+        assert_eq!(take_frame(&mut buffer).unwrap(), None);
+        buffer.extend_from_slice(b"\r\no=x\r\n");
+        assert!(take_frame(&mut buffer).unwrap().is_some());
+        assert!(buffer.is_empty());
+    }
+
+    #[rstest]
+    #[case(b"INVITE sip:a SIP/2.0\r\nContent-Length: ten\r\n\r\n".to_vec(), FramingError::BadContentLength("ten".into()))]
+    #[case(b"INVITE sip:a SIP/2.0\r\nContent-Length: 999999\r\n\r\n".to_vec(), FramingError::BodyTooLong(999_999))]
+    #[case(vec![b'A'; MAX_MESSAGE + 1], FramingError::HeadersTooLong)]
+    fn unframeable_streams(#[case] mut buffer: Vec<u8>, #[case] error: FramingError) {
+        assert_eq!(take_frame(&mut buffer), Err(error));
+    }
+}
