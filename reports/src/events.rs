@@ -40,3 +40,38 @@ pub fn parse_events(text: &str) -> Result<Vec<Event>> {
     }
     Ok(events)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    const ONE: &str = r#"{"seq":0,"t_us":0,"wall":"2026-11-20T21:04:05Z","source":"runner","kind":"run.start","fields":{"run_name":"x"}}"#;
+    const TWO: &str = r#"{"seq":1,"t_us":5,"wall":"2026-11-20T21:04:05Z","source":"dhcp","phone":"p1","kind":"dhcp.ack"}"#;
+
+    #[rstest]
+    #[case::whole(format!("{ONE}\n{TWO}\n"), 2)]
+    #[case::no_final_newline(format!("{ONE}\n{TWO}"), 2)]
+    #[case::killed_mid_line(format!("{ONE}\n{}", &TWO[..40]), 1)]
+    #[case::blank_lines(format!("\n{ONE}\n\n{TWO}\n\n"), 2)]
+    #[case::empty(String::new(), 0)]
+    fn reads_whole_lines_and_drops_a_truncated_last_one(
+        #[case] text: String,
+        #[case] count: usize,
+    ) {
+        assert_eq!(parse_events(&text).unwrap().len(), count);
+    }
+
+    #[test]
+    fn a_bad_line_before_the_end_is_an_error() {
+        let text = format!("{ONE}\nnot json\n{TWO}\n");
+        let error = parse_events(&text).unwrap_err();
+        assert!(format!("{error:#}").contains("line 2"), "{error:#}");
+    }
+
+    #[test]
+    fn load_events_names_the_file() {
+        let error = load_events("/nonexistent/events.jsonl").unwrap_err();
+        assert!(format!("{error:#}").contains("/nonexistent/events.jsonl"));
+    }
+}

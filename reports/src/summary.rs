@@ -496,4 +496,152 @@ mod tests {
     fn unknown_verdict_words_are_errors(#[case] word: &str, #[case] verdict: Verdict) {
         assert_eq!(Verdict::parse(word), verdict);
     }
+
+    fn event(seq: u64, source: Source, kind: &str, fields: serde_json::Value) -> Event {
+        Event {
+            seq,
+            t_us: seq * 1_000_000,
+            wall: format!("2026-11-20T21:04:{:02}Z", seq),
+            source,
+            phone: None,
+            kind: kind.to_owned(),
+            fields: fields.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    fn case_start(seq: u64, case: &str) -> Event {
+        event(
+            seq,
+            Source::Runner,
+            "case.start",
+            serde_json::json!({"case": case, "scenario": "s", "phone": "p1", "model": "UC924", "mac": "00:1f:c1:00:00:01", "tags": ["t"]}),
+        )
+    }
+
+    #[test]
+    fn a_killed_run_reports_the_open_case_as_aborted() {
+        let events = vec![
+            event(
+                0,
+                Source::Runner,
+                "run.start",
+                serde_json::json!({"run_name": "r"}),
+            ),
+            case_start(1, "a@p1"),
+            event(
+                2,
+                Source::Runner,
+                "step.start",
+                serde_json::json!({"case": "a@p1", "index": 1, "name": "one"}),
+            ),
+            event(
+                3,
+                Source::Runner,
+                "step.verdict",
+                serde_json::json!({"case": "a@p1", "index": 1, "name": "one", "verdict": "pass", "duration_us": 10}),
+            ),
+            event(
+                4,
+                Source::Runner,
+                "case.end",
+                serde_json::json!({"case": "a@p1", "verdict": "pass", "duration_us": 3_000_000}),
+            ),
+            case_start(5, "b@p1"),
+            event(
+                6,
+                Source::Runner,
+                "step.start",
+                serde_json::json!({"case": "b@p1", "index": 1, "name": "wait-for-register"}),
+            ),
+            event(
+                9,
+                Source::Sip,
+                "sip.register",
+                serde_json::json!({"ua_version": "2.0"}),
+            ),
+        ];
+        let summary = summarize(&events);
+        assert!(!summary.complete);
+        assert_eq!(summary.verdict, Verdict::Aborted);
+        assert!(!summary.succeeded());
+        assert_eq!(
+            summary.counts,
+            Counts {
+                total: 2,
+                passed: 1,
+                aborted: 1,
+                ..Counts::default()
+            }
+        );
+        let open = &summary.cases[1];
+        assert_eq!(open.verdict, Verdict::Aborted);
+        assert_eq!(open.duration_us, 4_000_000, "until the last event seen");
+        assert_eq!(open.steps[0].verdict, None);
+        let failure = open
+            .failure
+            .as_ref()
+            .expect("an aborted case explains itself");
+        assert_eq!(failure.step_name, "wait-for-register");
+        assert_eq!(open.events, 5..8);
+        // The register event carries no phone, so it is no evidence of p1's firmware.
+        assert_eq!(open.firmware, None);
+    }
+
+    #[test]
+    fn a_case_start_without_an_end_is_closed_by_the_next_case() {
+        let events = vec![
+            case_start(0, "a@p1"),
+            case_start(1, "b@p1"),
+            event(
+                2,
+                Source::Runner,
+                "case.end",
+                serde_json::json!({"case": "b@p1", "verdict": "pass", "duration_us": 1}),
+            ),
+            event(
+                3,
+                Source::Runner,
+                "run.end",
+                serde_json::json!({"verdict": "error"}),
+            ),
+        ];
+        let summary = summarize(&events);
+        let verdicts: Vec<Verdict> = summary.cases.iter().map(|c| c.verdict).collect();
+        assert_eq!(verdicts, [Verdict::Aborted, Verdict::Pass]);
+        assert_eq!(summary.cases[0].events, 0..1);
+        assert!(summary.complete);
+        assert_eq!(summary.verdict, Verdict::Error);
+    }
+
+    #[test]
+    fn firmware_comes_from_the_phones_own_register() {
+        let mut register = event(
+            1,
+            Source::Sip,
+            "sip.register",
+            serde_json::json!({"ua_version": "2.42.6.5.64"}),
+        );
+        register.phone = Some("p1".into());
+        let mut other = event(
+            2,
+            Source::Sip,
+            "sip.register",
+            serde_json::json!({"ua_version": "9.9"}),
+        );
+        other.phone = Some("p2".into());
+        let events = vec![register, other, case_start(3, "a@p1")];
+        let summary = summarize(&events);
+        assert_eq!(summary.cases[0].firmware.as_deref(), Some("2.42.6.5.64"));
+        let seen = firmware_seen(&events);
+        assert_eq!(seen["p1"], ["2.42.6.5.64"]);
+        assert_eq!(seen["p2"], ["9.9"]);
+    }
+
+    #[test]
+    fn no_cases_is_not_a_pass() {
+        let events = vec![event(0, Source::Runner, "run.end", serde_json::json!({}))];
+        let summary = summarize(&events);
+        assert_eq!(summary.verdict, Verdict::Error);
+        assert!(!summary.succeeded());
+    }
 }

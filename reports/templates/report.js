@@ -45,5 +45,15 @@
     });
     applyFilters(section);
   });
+  // A link such as report.html#c2-raw-3 opens that SIP message, so a bug
+  // report can point at the exact message.
+  var wanted = window.location.hash.slice(1);
+  if (wanted) {
+    var arrow = document.querySelector('.sip-arrow[data-raw="' + wanted.replace(/"/g, "") + '"]');
+    if (arrow) {
+      showRaw(arrow);
+      arrow.closest("section.case").querySelector("pre.raw-view").scrollIntoView();
+    }
+  }
   document.documentElement.setAttribute("data-report-ready", "1");
 })();

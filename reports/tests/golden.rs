@@ -197,3 +197,43 @@ fn summary_counts_and_phones() {
         "{table}"
     );
 }
+
+/// A run killed in the middle of the second case, mid-way through writing a line:
+/// the report still renders, the open case is an error in JUnit, and the page says so.
+#[test]
+fn killed_run_still_renders() {
+    let text = std::fs::read_to_string(data_dir().join("events.jsonl")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = lines
+        .iter()
+        .position(|l| l.contains("\"lcd-stays-idle\""))
+        .unwrap()
+        + 2;
+    let mut killed = lines[..cut].join("\n");
+    killed.push('\n');
+    killed.push_str(&lines[cut][..lines[cut].len() / 2]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("events.jsonl"), killed).unwrap();
+
+    let report = render_run_folder(dir.path()).expect("a killed run renders");
+    assert!(!report.summary.complete);
+    assert_eq!(report.summary.verdict, Verdict::Aborted);
+    assert_eq!(report.summary.cases.len(), 2);
+    assert_eq!(report.summary.cases[1].verdict, Verdict::Aborted);
+
+    let xml = std::fs::read_to_string(&report.junit).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let errors: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("error"))
+        .collect();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        errors[0].attribute("message"),
+        Some("the run stopped before this case ended")
+    );
+    let html = std::fs::read_to_string(&report.html).unwrap();
+    assert!(html.contains("The run did not end normally"));
+    let certificate = std::fs::read_to_string(&report.certificate_json).unwrap();
+    assert!(certificate.contains("\"passed\": false"));
+}
