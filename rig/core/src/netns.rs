@@ -69,7 +69,10 @@ impl VethPair {
 
     /// Whether this process may create namespaces (root with CAP_SYS_ADMIN, `ip` present).
     pub fn available() -> Result<(), String> {
-        let probe = format!("prprobe{}", std::process::id() % 100_000);
+        // Unique per call: tests in one process probe in parallel.
+        static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let probe = format!("prprobe{}-{n}", std::process::id() % 100_000);
         match ip(&["netns", "add", &probe]) {
             Ok(()) => {
                 let _ = ip(&["netns", "del", &probe]);
