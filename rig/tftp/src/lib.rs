@@ -190,6 +190,12 @@ struct ActiveTransfer {
     _slot: OwnedSemaphorePermit,
 }
 
+enum Admission {
+    Start(ActiveTransfer),
+    Repeat,
+    Busy,
+}
+
 impl Drop for ActiveTransfer {
     fn drop(&mut self) {
         self.active
@@ -255,16 +261,7 @@ impl Listener {
             }
         };
         match packet {
-            Packet::Rrq(request) => {
-                if let Some(transfer) = self.admit(peer, &request.filename, "tftp.fetch", &request)
-                {
-                    let shared = self.shared.clone();
-                    self.tasks.spawn(async move {
-                        let _transfer = transfer;
-                        read::serve(shared, peer, request).await;
-                    });
-                }
-            }
+            Packet::Rrq(request) => self.start_transfer(peer, request, false).await,
             Packet::Wrq(request) => {
                 if self.shared.upload_dir.is_none() {
                     let phone = self
@@ -272,10 +269,10 @@ impl Listener {
                         .directory
                         .identify(peer.ip(), &[&request.filename])
                         .map(|p| p.name.clone());
-                    read::publish_refused(
-                        &self.shared,
+                    record::publish_refused(
+                        &self.shared.timeline,
                         peer,
-                        &read::display_path(&request.filename),
+                        &record::display_path(&request.filename),
                         "uploads are disabled (no upload_dir)",
                         phone,
                     );
@@ -283,14 +280,7 @@ impl Listener {
                         .await;
                     return;
                 }
-                if let Some(transfer) = self.admit(peer, &request.filename, "tftp.upload", &request)
-                {
-                    let shared = self.shared.clone();
-                    self.tasks.spawn(async move {
-                        let _transfer = transfer;
-                        write::serve(shared, peer, request).await;
-                    });
-                }
+                self.start_transfer(peer, request, true).await;
             }
             // A client aborting something; there is nothing to answer.
             Packet::Error { .. } => {}
@@ -310,47 +300,61 @@ impl Listener {
         }
     }
 
-    /// A slot for a new transfer from `peer`, or `None` when it is a repeat
-    /// of a running request or every slot is taken (then answered "busy").
-    fn admit(
-        &self,
-        peer: SocketAddr,
-        path: &str,
-        kind: &str,
-        request: &packet::Request,
-    ) -> Option<ActiveTransfer> {
+    /// Whether a request from `peer` may start a transfer now.
+    fn admit(&self, peer: SocketAddr) -> Admission {
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
         if active.contains(&peer) {
-            return None;
+            return Admission::Repeat;
         }
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            drop(active);
-            let shared = self.shared.clone();
-            let phone = shared
-                .directory
-                .identify(peer.ip(), &[path])
-                .map(|p| p.name.clone());
-            let file = read::display_path(path);
-            let reason = format!("busy: {} transfers running", self.max_transfers);
-            read::publish_refused(&shared, peer, &file, &reason, phone.clone());
-            let mut record =
-                TransferRecord::begin(file, peer, request.mode.as_str(), &request.options);
-            record.phone = phone;
-            record
-                .end(Outcome::Refused)
-                .with_error(error_code::NOT_DEFINED, "busy");
-            record.publish(&shared.timeline, kind);
-            let socket_reply = encode_error(error_code::NOT_DEFINED, "busy");
-            // Sent without awaiting the listener's socket (we hold no lock here,
-            // but keep admission synchronous): try_send_to never blocks.
-            let _ = self.socket.try_send_to(&socket_reply, peer);
-            return None;
+            return Admission::Busy;
         };
         active.insert(peer);
-        Some(ActiveTransfer {
+        Admission::Start(ActiveTransfer {
             active: self.active.clone(),
             peer,
             _slot: slot,
         })
+    }
+
+    /// Every slot is taken: error 0 "busy", a `tftp.refused` and the request's own record.
+    async fn refuse_busy(&self, peer: SocketAddr, kind: &str, request: &packet::Request) {
+        let phone = self
+            .shared
+            .directory
+            .identify(peer.ip(), &[&request.filename])
+            .map(|p| p.name.clone());
+        let file = record::display_path(&request.filename);
+        let reason = format!("busy: {} transfers running", self.max_transfers);
+        record::publish_refused(&self.shared.timeline, peer, &file, &reason, phone.clone());
+        let mut record = TransferRecord::begin(file, peer, request.mode.as_str(), &request.options);
+        record.phone = phone;
+        record
+            .end(Outcome::Refused)
+            .with_error(error_code::NOT_DEFINED, "busy");
+        record.publish(&self.shared.timeline, kind);
+        self.reply(peer, error_code::NOT_DEFINED, "busy").await;
+    }
+
+    /// Runs a read (`upload` false) or write transfer in its own task, if admitted.
+    async fn start_transfer(&self, peer: SocketAddr, request: packet::Request, upload: bool) {
+        let kind = if upload { "tftp.upload" } else { "tftp.fetch" };
+        match self.admit(peer) {
+            Admission::Start(transfer) => {
+                let shared = self.shared.clone();
+                self.tasks.spawn(async move {
+                    let _transfer = transfer;
+                    if upload {
+                        write::serve(shared, peer, request).await;
+                    } else {
+                        read::serve(shared, peer, request).await;
+                    }
+                });
+            }
+            // The client resent its request before our first answer (for
+            // instance during a scenario's `delay`): the running transfer answers it.
+            Admission::Repeat => tracing::debug!(%peer, kind, "repeated request ignored"),
+            Admission::Busy => self.refuse_busy(peer, kind, &request).await,
+        }
     }
 }

@@ -6,15 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use phonerig_core::event::NewEvent;
-use phonerig_core::tree::normalise_request_path;
-use phonerig_core::{ResolveError, ServedFile, Source};
+use phonerig_core::{ResolveError, ServedFile};
 use tokio::time::Instant;
 
 use crate::channel::{bind_udp, Channel, Received};
 use crate::options::{negotiate, Agreed, Direction};
 use crate::packet::{encode_data, error_code, Mode, Packet, Request};
-use crate::record::{option_map, Outcome, TransferRecord};
+use crate::record::{display_path, option_map, publish_refused, Outcome, TransferRecord};
 use crate::source::BlockSource;
 use crate::window::{wire_block, AckOutcome, SendWindow};
 use crate::Shared;
@@ -25,29 +23,6 @@ enum Stop {
     Aborted { code: u16, message: String },
     Shutdown,
     Failed(String),
-}
-
-/// The path as events show it: normalised when possible, else as sent (minus the leading `/`).
-pub fn display_path(raw: &str) -> String {
-    normalise_request_path(raw).unwrap_or_else(|_| raw.trim_start_matches('/').to_owned())
-}
-
-/// Publishes `tftp.refused`, the event for requests turned down on principle
-/// (path escapes, uploads when none are allowed, too many transfers).
-pub fn publish_refused(
-    shared: &Shared,
-    peer: SocketAddr,
-    path: &str,
-    reason: &str,
-    phone: Option<String>,
-) {
-    shared.timeline.publish(
-        NewEvent::new(Source::Tftp, "tftp.refused")
-            .phone(phone)
-            .field("peer", peer.to_string())
-            .field("path", path)
-            .field("reason", reason),
-    );
 }
 
 /// Waits out a scenario's `delay`; false when the rig stops meanwhile.
@@ -139,7 +114,7 @@ async fn answer_refusal(
         ),
         ResolveError::Refused(reason) => {
             publish_refused(
-                shared,
+                &shared.timeline,
                 channel.peer(),
                 &record.file,
                 &reason,

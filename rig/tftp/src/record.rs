@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use phonerig_core::event::NewEvent;
+use phonerig_core::tree::normalise_request_path;
 use phonerig_core::{Source, Timeline};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -48,6 +50,29 @@ pub struct TransferRecord {
     pub phone: Option<String>,
     #[serde(skip)]
     started: Option<Instant>,
+}
+
+/// The path as events show it: normalised when possible, else as sent (minus the leading `/`).
+pub fn display_path(raw: &str) -> String {
+    normalise_request_path(raw).unwrap_or_else(|_| raw.trim_start_matches('/').to_owned())
+}
+
+/// Publishes `tftp.refused`, the event for requests turned down on principle
+/// (path escapes, uploads when none are allowed, too many transfers).
+pub fn publish_refused(
+    timeline: &Timeline,
+    peer: SocketAddr,
+    path: &str,
+    reason: &str,
+    phone: Option<String>,
+) {
+    timeline.publish(
+        NewEvent::new(Source::Tftp, "tftp.refused")
+            .phone(phone)
+            .field("peer", peer.to_string())
+            .field("path", path)
+            .field("reason", reason),
+    );
 }
 
 pub fn option_map(options: &[(String, String)]) -> Map<String, Value> {

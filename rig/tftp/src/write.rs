@@ -16,8 +16,7 @@ use crate::channel::{bind_udp, Channel, Received};
 use crate::netascii::Decoder;
 use crate::options::{negotiate, Agreed, Direction};
 use crate::packet::{error_code, Mode, Packet, Request};
-use crate::read::{display_path, publish_refused};
-use crate::record::{option_map, Outcome, TransferRecord};
+use crate::record::{display_path, option_map, publish_refused, Outcome, TransferRecord};
 use crate::window::wire_block;
 use crate::Shared;
 
@@ -133,7 +132,13 @@ pub async fn serve(shared: Arc<Shared>, peer: SocketAddr, request: Request) {
     let target = match target {
         Ok(target) => target,
         Err(reason) => {
-            publish_refused(&shared, peer, &record.file, &reason, record.phone.clone());
+            publish_refused(
+                &shared.timeline,
+                peer,
+                &record.file,
+                &reason,
+                record.phone.clone(),
+            );
             channel
                 .send_error(error_code::ACCESS_VIOLATION, "access violation")
                 .await;
