@@ -315,3 +315,98 @@ pub fn render_certificate_html(certificate: &crate::certificate::Certificate) ->
         .render(context)
         .context("rendering certificate.html")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::summary::summarize;
+    use serde_json::json;
+
+    fn event(seq: u64, source: Source, kind: &str, fields: Json) -> Event {
+        Event {
+            seq,
+            t_us: seq * 1000,
+            wall: "2026-11-20T21:04:05Z".into(),
+            source,
+            phone: Some("p1".into()),
+            kind: kind.into(),
+            fields: fields.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Wire data (SIP text, console lines, file names) is written by phones and
+    /// must show as text, never become markup of the report.
+    #[test]
+    fn wire_text_is_escaped() {
+        let hostile = "<script>alert(1)</script>";
+        let events = vec![
+            event(
+                0,
+                Source::Runner,
+                "case.start",
+                json!({"case": "c@p1", "phone": "p1"}),
+            ),
+            event(
+                1,
+                Source::Sip,
+                "sip.message",
+                json!({"direction": "in", "first_line": hostile, "raw": hostile, "peer": "198.18.0.50:5060"}),
+            ),
+            event(
+                2,
+                Source::Console,
+                "console.line",
+                json!({"line": hostile, "device": "tty"}),
+            ),
+            event(
+                3,
+                Source::Http,
+                "http.fetch",
+                json!({"file": hostile, "protocol": "http", "outcome": "complete"}),
+            ),
+            event(
+                4,
+                Source::Runner,
+                "case.end",
+                json!({"case": "c@p1", "verdict": "pass"}),
+            ),
+        ];
+        let html = render_html(&summarize(&events), &events, &Attachments::default()).unwrap();
+        assert!(!html.contains(hostile));
+        assert!(html.contains("&lt;script&gt;"));
+        assert_eq!(
+            html.matches("<script>").count(),
+            1,
+            "only the report's own script"
+        );
+    }
+
+    #[test]
+    fn fetch_rows_show_partial_transfers() {
+        let events = vec![
+            event(
+                0,
+                Source::Runner,
+                "case.start",
+                json!({"case": "c@p1", "phone": "p1"}),
+            ),
+            event(
+                1,
+                Source::Tftp,
+                "tftp.fetch",
+                json!({"file": "cfg.xml", "protocol": "tftp", "outcome": "truncated", "bytes": 512, "size": 2048}),
+            ),
+            event(
+                2,
+                Source::Runner,
+                "case.end",
+                json!({"case": "c@p1", "verdict": "fail"}),
+            ),
+        ];
+        let summary = summarize(&events);
+        let view = case_view(&summary.cases[0], &events);
+        assert_eq!(view.fetches.len(), 1);
+        assert_eq!(view.fetches[0].bytes, "512 of 2048");
+        assert!(!view.fetches[0].ok);
+    }
+}
