@@ -22,6 +22,7 @@ pub mod error;
 pub mod params;
 pub mod pcap;
 pub mod registry;
+pub mod schema;
 
 pub use capability::{Button, Capability, Console, ConsoleSink, Key, Keys, Power};
 pub use driven::{Driven, DrivenButton, DrivenConsole, DrivenKeys, DrivenPower};

@@ -24,9 +24,10 @@ fn default_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
+    /// The program and its arguments; `{action}` and `{ms}` are substituted.
     argv: Vec<String>,
     /// Killed after this long (plus the hold/off time).
     #[serde(default = "default_timeout")]

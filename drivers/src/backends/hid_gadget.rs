@@ -34,9 +34,9 @@ fn default_write_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(2))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// The gadget's HID device, e.g. `/dev/hidg0`.
     device: PathBuf,
     /// Report written for "pressed" (default one byte `01`).

@@ -24,9 +24,9 @@ fn default_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
-enum Method {
+pub enum Method {
     Get,
     Post,
 }
@@ -35,17 +35,19 @@ fn default_method() -> Method {
     Method::Get
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// `http://<phone address>`; templates that are not absolute URLs are appended to it.
     base: Option<String>,
     /// Key name (`answer`, `dial`, `factory-reset`, or `digit` for per-digit dialling) → URL template.
     urls: BTreeMap<String, String>,
+    /// HTTP basic auth user.
     user: Option<String>,
     password: Option<String>,
     #[serde(default = "default_method")]
     method: Method,
+    /// Per request (default 5s).
     #[serde(default = "default_timeout")]
     timeout: HumanDuration,
 }

@@ -18,7 +18,7 @@ use crate::params;
 
 pub const NAME: &str = "serial";
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ParityName {
     None,
@@ -26,7 +26,7 @@ pub enum ParityName {
     Even,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FlowName {
     None,
@@ -52,7 +52,7 @@ fn default_flow() -> FlowName {
 
 /// Every setting a serial backend may take. Which extras apply depends on
 /// the backend; [`SerialParams::parse`] rejects the others by name.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SerialParams {
     /// The tty. Prefer `/dev/serial/by-id/…`: it survives replugging into another port.

@@ -120,9 +120,9 @@ pub fn parse_answer(line: &str) -> Result<String, String> {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// Overrides `<sim_dir>/<phone>.sock`.
     socket: Option<PathBuf>,
 }

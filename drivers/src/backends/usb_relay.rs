@@ -304,9 +304,9 @@ impl Relay {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub struct Params {
     /// The serial string the board reports (5 characters, e.g. `HW348`).
     serial: String,
     /// Relay number on the board, from 1.
