@@ -633,3 +633,237 @@ pub(crate) async fn run(mut server: Server, socket: UdpSocket, ctx: ServiceConte
             .field("addrs", [local]),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flood::BURST;
+    use phonerig_core::ProvisioningTree;
+    use tokio_util::sync::CancellationToken;
+
+    fn server() -> Server {
+        let server_ip = Ipv4Addr::new(127, 0, 0, 1);
+        let directory = PhoneDirectory::default();
+        let ctx = ServiceContext {
+            timeline: Timeline::in_memory(),
+            tree: ProvisioningTree::new(None, Vec::new(), Placeholders::new(), directory.clone()),
+            directory,
+            bind_ip: IpAddr::V4(server_ip),
+            placeholders: Placeholders::new(),
+            shutdown: CancellationToken::new(),
+        };
+        let config = DhcpConfig::loopback(server_ip);
+        let plan = OptionPlan::new(&Settings::default()).unwrap();
+        Server::new(&ctx, &config, &Settings::default(), plan, server_ip)
+    }
+
+    fn kinds(server: &Server, kind: &str) -> Vec<Arc<phonerig_core::Event>> {
+        server
+            .timeline
+            .snapshot()
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .collect()
+    }
+
+    fn peer() -> SocketAddr {
+        "127.0.0.2:6868".parse().unwrap()
+    }
+
+    fn discover(mac_last: u8) -> Vec<u8> {
+        let mut message = Message::new_with_id(
+            9,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &[2, 0, 0, 0, 0, mac_last],
+        );
+        message
+            .opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Discover));
+        message.to_vec().unwrap()
+    }
+
+    #[test]
+    fn a_flood_is_dropped_and_reported_once() {
+        let mut server = server();
+        let now = Instant::now();
+        let garbage = [0u8; 10];
+        let total = BURST as usize + 50;
+        for _ in 0..total {
+            server.handle(&garbage, peer(), now);
+        }
+        assert_eq!(
+            kinds(&server, "dhcp.malformed").len(),
+            BURST as usize,
+            "only the burst is handled"
+        );
+        assert!(
+            kinds(&server, "dhcp.flood").is_empty(),
+            "reported when it subsides, not per packet"
+        );
+        let reply = server.handle(&discover(1), peer(), now + Duration::from_secs(1));
+        assert!(reply.is_some(), "served again once the flood subsides");
+        let flood = kinds(&server, "dhcp.flood");
+        assert_eq!(flood.len(), 1);
+        assert_eq!(flood[0].field_u64("dropped"), Some(50));
+    }
+
+    #[test]
+    fn a_flood_still_going_at_shutdown_is_reported() {
+        let mut server = server();
+        let now = Instant::now();
+        for _ in 0..(BURST as usize + 3) {
+            server.handle(&[1u8], peer(), now);
+        }
+        server.finish();
+        assert_eq!(
+            kinds(&server, "dhcp.flood")[0].field_u64("dropped"),
+            Some(3)
+        );
+    }
+
+    fn bootreply(server_id: Option<Ipv4Addr>) -> Vec<u8> {
+        let mut message = Message::new_with_id(
+            5,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::new(192, 168, 1, 77),
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &[2, 0, 0, 0, 0, 5],
+        );
+        message.set_opcode(Opcode::BootReply);
+        message
+            .opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Offer));
+        if let Some(id) = server_id {
+            message.opts_mut().insert(DhcpOption::ServerIdentifier(id));
+        }
+        message.to_vec().unwrap()
+    }
+
+    #[test]
+    fn another_servers_reply_is_reported_and_never_answered() {
+        let mut server = server();
+        let now = Instant::now();
+        assert!(server
+            .handle(&bootreply(Some(Ipv4Addr::new(192, 168, 1, 1))), peer(), now)
+            .is_none());
+        assert!(server
+            .handle(&bootreply(None), "127.0.0.9:67".parse().unwrap(), now)
+            .is_none());
+        assert!(server
+            .handle(&bootreply(Some(Ipv4Addr::new(127, 0, 0, 1))), peer(), now)
+            .is_none());
+        let foreign = kinds(&server, "dhcp.foreign_offer");
+        assert_eq!(foreign.len(), 2, "our own replies are not foreign");
+        assert_eq!(foreign[0].field_str("server_ip"), Some("192.168.1.1"));
+        assert_eq!(foreign[0].field_str("offered"), Some("192.168.1.77"));
+        assert_eq!(
+            foreign[1].field_str("server_ip"),
+            Some("127.0.0.9"),
+            "without option 54 the sender is named"
+        );
+    }
+
+    #[test]
+    fn request_for_another_server_withdraws_our_offer_silently() {
+        let mut server = server();
+        let now = Instant::now();
+        let offer = server.handle(&discover(7), peer(), now).unwrap();
+        let offered = Message::from_bytes(&offer.bytes).unwrap().yiaddr();
+        let mut request = Message::new_with_id(
+            9,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &[2, 0, 0, 0, 0, 7],
+        );
+        request
+            .opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Request));
+        request
+            .opts_mut()
+            .insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 0, 1)));
+        request
+            .opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 0, 0, 50)));
+        assert!(server
+            .handle(&request.to_vec().unwrap(), peer(), now)
+            .is_none());
+        assert!(server.leases.lease(&Mac([2, 0, 0, 0, 0, 7])).is_none());
+        // the address is free for the next client at once
+        let next = server.handle(&discover(8), peer(), now).unwrap();
+        assert_eq!(Message::from_bytes(&next.bytes).unwrap().yiaddr(), offered);
+    }
+
+    #[test]
+    fn broadcast_mode_destinations_follow_rfc_2131() {
+        let mut server = server();
+        server.reply_mode = ReplyMode::Broadcast;
+        server.client_port = 68;
+        server.server_port = 67;
+        let now = Instant::now();
+        let offer = server.handle(&discover(1), peer(), now).unwrap();
+        assert_eq!(offer.to.to_string(), "255.255.255.255:68");
+        assert!(offer.bytes.len() >= MIN_REPLY_LEN);
+
+        let mut renew = Message::new_with_id(
+            3,
+            Ipv4Addr::new(127, 0, 0, 100),
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &[2, 0, 0, 0, 0, 1],
+        );
+        renew
+            .opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Request));
+        let ack = server
+            .handle(&renew.to_vec().unwrap(), peer(), now)
+            .unwrap();
+        assert_eq!(
+            ack.to.to_string(),
+            "127.0.0.100:68",
+            "a client with an address is answered unicast"
+        );
+
+        let mut wrong = Message::new_with_id(
+            4,
+            Ipv4Addr::new(10, 9, 9, 9),
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &[2, 0, 0, 0, 0, 1],
+        );
+        wrong
+            .opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Request));
+        let nak = server
+            .handle(&wrong.to_vec().unwrap(), peer(), now)
+            .unwrap();
+        assert_eq!(
+            nak.to.to_string(),
+            "255.255.255.255:68",
+            "a NAK is broadcast"
+        );
+
+        let mut relayed = Message::new_with_id(
+            5,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::new(127, 0, 0, 254),
+            &[2, 0, 0, 0, 0, 2],
+        );
+        relayed
+            .opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Discover));
+        let via_relay = server
+            .handle(&relayed.to_vec().unwrap(), peer(), now)
+            .unwrap();
+        assert_eq!(via_relay.to.to_string(), "127.0.0.254:67");
+    }
+}
