@@ -38,7 +38,7 @@ impl RetransmitSchedule {
                 break;
             }
             sends.push(at);
-            interval = interval * 2;
+            interval *= 2;
             if let Some(cap) = cap {
                 interval = interval.min(cap);
             }

@@ -375,9 +375,7 @@ impl Inner {
     fn on_reinvite(self: Arc<Self>, req: SipMessage, peer: SocketAddr) {
         let inner = self.clone();
         let answered = self.with_model(|m| {
-            let Some(idx) = m.call_index(req.call_id()) else {
-                return None;
-            };
+            let idx = m.call_index(req.call_id())?;
             let call = &mut m.calls[idx];
             if call.status != CallStatus::Established
                 || call.local_tag != req.to_tag().unwrap_or_default()

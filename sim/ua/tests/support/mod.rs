@@ -476,7 +476,7 @@ impl Bench {
             self.peer.addr
         );
         self.peer
-            .reply(invite, 180, Some(tag), &[contact.clone()], None)
+            .reply(invite, 180, Some(tag), std::slice::from_ref(&contact), None)
             .await;
         self.peer
             .reply(
