@@ -358,3 +358,72 @@ impl Listener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[test]
+    fn documented_settings_example_parses() {
+        let text = r#"
+            timeout = "2s"
+            windowsize = 16
+            disable_options = false
+            upload_dir = "uploads/{phone.name}"
+        "#;
+        let settings: Settings = toml::from_str(text).unwrap();
+        assert_eq!(
+            settings,
+            Settings {
+                upload_dir: Some("uploads/{phone.name}".into()),
+                timeout: Some(HumanDuration(Duration::from_secs(2))),
+                windowsize: Some(16),
+                disable_options: false,
+            }
+        );
+    }
+
+    #[rstest]
+    #[case::unknown_key("blocksize = 1428", "unknown field")]
+    #[case::bad_duration("timeout = \"soon\"", "not a duration")]
+    #[case::windowsize_out_of_range("windowsize = 70000", "windowsize")]
+    fn bad_settings_are_rejected(#[case] text: &str, #[case] mentions: &str) {
+        let error = toml::from_str::<Settings>(text).unwrap_err().to_string();
+        assert!(error.contains(mentions), "{error}");
+    }
+
+    #[test]
+    fn empty_table_means_defaults_and_schema_exists() {
+        assert_eq!(toml::from_str::<Settings>("").unwrap(), Settings::default());
+        let schema = serde_json::to_value(schemars::schema_for!(Settings)).unwrap();
+        assert!(schema["properties"]["upload_dir"].is_object());
+    }
+
+    #[tokio::test]
+    async fn zero_timeout_is_refused_at_start() {
+        let ctx = ServiceContext {
+            timeline: Timeline::in_memory(),
+            directory: PhoneDirectory::default(),
+            bind_ip: "127.69.3.1".parse().unwrap(),
+            placeholders: Placeholders::new(),
+            tree: ProvisioningTree::new(
+                None,
+                vec![],
+                Placeholders::new(),
+                PhoneDirectory::default(),
+            ),
+            shutdown: CancellationToken::new(),
+        };
+        let settings = Settings {
+            timeout: Some(HumanDuration(Duration::ZERO)),
+            ..Settings::default()
+        };
+        let config = TftpConfig {
+            port: 0,
+            ..TftpConfig::default()
+        };
+        let error = start(ctx, config, settings).await.err().expect("refused");
+        assert!(error.to_string().contains("timeout"));
+    }
+}
