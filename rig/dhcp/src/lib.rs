@@ -144,15 +144,41 @@ pub async fn start(
     server::check_plan(&plan, &ctx)?;
     let std_socket = socket::open(&config, server_ip).context("DHCP socket")?;
     let socket = tokio::net::UdpSocket::from_std(std_socket).context("DHCP socket")?;
-    let local = socket.local_addr()?;
-    let addrs = vec![local];
+    let mut addrs = vec![socket.local_addr()?];
+    let watcher = match socket::open_watcher(&config) {
+        None => None,
+        Some(Ok(watcher)) => {
+            let watcher =
+                tokio::net::UdpSocket::from_std(watcher).context("DHCP client-port watcher")?;
+            addrs.push(watcher.local_addr()?);
+            Some(watcher)
+        }
+        Some(Err(error)) => {
+            // Serving matters more than watching: go on, but say so.
+            ctx.timeline.publish(
+                NewEvent::new(Source::Rig, "warning")
+                    .field("service", "dhcp")
+                    .field(
+                        "error",
+                        format!(
+                            "cannot watch port {} for other DHCP servers: {error}",
+                            config.client_port
+                        ),
+                    ),
+            );
+            None
+        }
+    };
     ctx.timeline.publish(
         NewEvent::new(Source::Rig, "service.started")
             .field("service", "dhcp")
-            .field("addrs", [local.to_string()]),
+            .field(
+                "addrs",
+                addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ),
     );
     let server = server::Server::new(&ctx, &config, &settings, plan, server_ip);
-    let task = tokio::spawn(server::run(server, socket, ctx.clone()));
+    let task = tokio::spawn(server::run(server, socket, watcher, ctx.clone()));
     Ok(RunningService {
         name: "dhcp",
         addrs,

@@ -212,6 +212,13 @@ fn parse_set(
     options: &BTreeMap<String, OptionValue>,
     context: &str,
 ) -> anyhow::Result<ParsedSet> {
+    if let Some(lease) = lease_time {
+        // Option 51 counts whole seconds; a phone given 0 would renew forever.
+        anyhow::ensure!(
+            lease >= Duration::from_secs(1),
+            "{context}: lease_time must be at least 1s"
+        );
+    }
     let mut parsed = BTreeMap::new();
     for (key, value) in options {
         let code = option_number(key).map_err(|e| anyhow::anyhow!("{context}: {e}"))?;
@@ -537,6 +544,18 @@ mod tests {
             plan.resolve(None, None).lease_time,
             Some(Duration::from_secs(600))
         );
+    }
+
+    #[test]
+    fn a_zero_lease_time_is_refused() {
+        let mut s = settings();
+        s.phone.get_mut("desk-1").unwrap().lease_time =
+            Some(phonerig_core::duration::HumanDuration(Duration::ZERO));
+        assert!(OptionPlan::new(&s)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("at least 1s"));
     }
 
     #[test]

@@ -226,7 +226,8 @@ impl Server {
                 None
             }
             MessageType::Decline => {
-                if let Some(ip) = request.requested_ip {
+                let ours = request.server_id.is_none_or(|id| id == self.server_ip);
+                if let Some(ip) = request.requested_ip.filter(|_| ours) {
                     self.leases.decline(&request.mac, ip);
                     self.directory.unbind_ip(IpAddr::V4(ip));
                 }
@@ -234,6 +235,22 @@ impl Server {
             }
             MessageType::Inform => self.inform(&request),
             _ => None,
+        }
+    }
+
+    /// A datagram on the client port: only other servers' replies matter there.
+    pub fn watch(&mut self, packet: &[u8], peer: SocketAddr, now: Instant) {
+        if packet.first() != Some(&2) {
+            return;
+        }
+        match self.guard.admit(now) {
+            Admission::Drop => {}
+            Admission::HandleAfterFlood { dropped } => {
+                self.timeline
+                    .publish(NewEvent::new(Source::Dhcp, "dhcp.flood").field("dropped", dropped));
+                self.foreign_reply(packet, peer);
+            }
+            Admission::Handle => self.foreign_reply(packet, peer),
         }
     }
 
@@ -591,17 +608,39 @@ impl Server {
     }
 }
 
-/// Receives until shutdown; the socket is dropped (port released) when this returns.
-pub(crate) async fn run(mut server: Server, socket: UdpSocket, ctx: ServiceContext) {
+async fn recv_watch(
+    watcher: &Option<UdpSocket>,
+    buffer: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match watcher {
+        Some(socket) => socket.recv_from(buffer).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Receives until shutdown; the sockets are dropped (ports released) when this returns.
+pub(crate) async fn run(
+    mut server: Server,
+    socket: UdpSocket,
+    watcher: Option<UdpSocket>,
+    ctx: ServiceContext,
+) {
     let local = socket
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
     let mut buffer = vec![0u8; 4096];
+    let mut watch_buffer = vec![0u8; 4096];
     loop {
         let received = tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
             received = socket.recv_from(&mut buffer) => received,
+            watched = recv_watch(&watcher, &mut watch_buffer) => {
+                if let Ok((len, peer)) = watched {
+                    server.watch(&watch_buffer[..len], peer, Instant::now());
+                }
+                continue;
+            }
         };
         match received {
             Ok((len, peer)) => {
@@ -627,6 +666,7 @@ pub(crate) async fn run(mut server: Server, socket: UdpSocket, ctx: ServiceConte
     }
     server.finish();
     drop(socket);
+    drop(watcher);
     ctx.timeline.publish(
         NewEvent::new(Source::Rig, "service.stopped")
             .field("service", "dhcp")

@@ -206,6 +206,20 @@ mod tests {
     }
 
     #[test]
+    fn the_schema_describes_the_table() {
+        let schema = serde_json::to_value(schemars::schema_for!(Settings)).unwrap();
+        for key in ["lease_time", "options", "vendor", "phone", "silent", "nak"] {
+            assert!(
+                schema["properties"].get(key).is_some(),
+                "{key} missing from {schema}"
+            );
+        }
+        assert_eq!(schema["additionalProperties"], serde_json::json!(false));
+        let value = &schema["$defs"]["DhcpOptionValue"]["oneOf"];
+        assert_eq!(value.as_array().map(Vec::len), Some(6), "{schema}");
+    }
+
+    #[test]
     fn a_full_table_parses_and_unknown_keys_are_refused() {
         let settings: Settings = toml::from_str(
             r#"

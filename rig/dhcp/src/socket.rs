@@ -41,6 +41,24 @@ fn open_here(
     Ok(socket.into())
 }
 
+/// On a NIC, a second socket on the client port (68) pinned to the same
+/// interface: other servers' OFFERs and ACKs are broadcast to the phones
+/// there, never to port 67, so this is where a rogue server shows itself.
+/// `None` on loopback, where no other server can answer.
+pub fn open_watcher(config: &DhcpConfig) -> Option<io::Result<UdpSocket>> {
+    let interface = config
+        .interface
+        .clone()
+        .filter(|_| config.reply_mode == ReplyMode::Broadcast)?;
+    let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, config.client_port);
+    Some(match &config.netns {
+        Some(ns) => {
+            phonerig_core::netns::in_netns(ns, move || open_here(Some(interface), false, addr))
+        }
+        None => open_here(Some(interface), false, addr),
+    })
+}
+
 /// Opens the socket, inside `config.netns` when set.
 pub fn open(config: &DhcpConfig, server_ip: Ipv4Addr) -> io::Result<UdpSocket> {
     if config.reply_mode == ReplyMode::Broadcast && config.interface.is_none() {

@@ -259,6 +259,8 @@ async fn busybox_udhcpc_gets_a_lease_and_the_cisco_150_list() {
         bench.ctx.directory.by_ip(IpAddr::V4(leased)).unwrap().name,
         "uc924-1"
     );
+    // our own broadcasts reach the client-port watcher too, and are not "foreign"
+    assert!(events(&bench.ctx.timeline, "dhcp.foreign_offer").is_empty());
     bench.stop().await;
 }
 
@@ -360,5 +362,64 @@ async fn isc_dhclient_gets_a_lease_and_the_htek_150_url() {
         ack.field("options").unwrap()["150"],
         serde_json::json!(format!("tftp://{}/", bench.server_ip))
     );
+    bench.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_server_on_the_segment_is_reported() {
+    if require(VethPair::available()).is_err() {
+        return;
+    }
+    use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
+    use dhcproto::Encodable;
+
+    let bench = bench("df", 73, Settings::default()).await;
+    assert_eq!(
+        bench.service.as_ref().unwrap().addrs[1].to_string(),
+        "0.0.0.0:68",
+        "the client port is watched"
+    );
+    ip(&[
+        "-n",
+        &bench.pair.b,
+        "addr",
+        "add",
+        "198.18.73.2/24",
+        "dev",
+        &bench.pair.b_if,
+    ]);
+    // A rogue server in namespace b broadcasts an OFFER to the phones, as a
+    // home router plugged into the bench would.
+    let rogue = Ipv4Addr::new(198, 18, 73, 2);
+    let mut offer = Message::new_with_id(
+        77,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::new(198, 18, 73, 66),
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &[2, 0, 0, 0, 0, 1],
+    );
+    offer.set_opcode(Opcode::BootReply);
+    offer
+        .opts_mut()
+        .insert(DhcpOption::MessageType(MessageType::Offer));
+    offer.opts_mut().insert(DhcpOption::ServerIdentifier(rogue));
+    let bytes = offer.to_vec().unwrap();
+    let b_if = bench.pair.b_if.clone();
+    phonerig_core::netns::in_netns(&bench.pair.b, move || {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+        socket.bind_device(Some(b_if.as_bytes()))?;
+        socket.set_broadcast(true)?;
+        socket.bind(&std::net::SocketAddr::from((rogue, 67)).into())?;
+        socket.send_to(
+            &bytes,
+            &std::net::SocketAddr::from((Ipv4Addr::BROADCAST, 68)).into(),
+        )?;
+        Ok(())
+    })
+    .unwrap();
+    let foreign = &wait_for(&bench.ctx.timeline, "dhcp.foreign_offer", 1).await[0];
+    assert_eq!(foreign.field_str("server_ip"), Some("198.18.73.2"));
+    assert_eq!(foreign.field_str("offered"), Some("198.18.73.66"));
     bench.stop().await;
 }
