@@ -277,8 +277,9 @@ pub fn check_relay_boards(serials: &[String], usb: &dyn UsbTransport) -> Vec<Fin
                 ),
                 Err(error) => Finding::bad(
                     check,
-                    format!("cannot read the relay boards: {error}"),
-                    "run as root, or add a udev rule: SUBSYSTEM==\"usb\", ATTR{idVendor}==\"16c0\", ATTR{idProduct}==\"05df\", MODE=\"0660\", GROUP=\"plugdev\"",
+                    format!("cannot look for relay board `{serial}`: {error}"),
+                    "the rig needs the USB bus: /dev/bus/usb must exist (in a container pass it in, e.g. --device /dev/bus/usb); \
+                     without root add a udev rule: SUBSYSTEM==\"usb\", ATTR{idVendor}==\"16c0\", ATTR{idProduct}==\"05df\", MODE=\"0660\", GROUP=\"plugdev\"",
                 ),
             }
         })

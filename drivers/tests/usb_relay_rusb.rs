@@ -1,6 +1,6 @@
 //! The `usb-relay` backend on the real libusb stack. No relay board is on
-//! this machine's bus (often no USB bus at all), so the backend must say
-//! cleanly that the board is not there. The exact control transfers are
+//! this machine's bus (often no USB bus at all: then libusb cannot even
+//! start), so the backend must say cleanly that the board is not there. The exact control transfers are
 //! checked against a recorder in the unit tests of `backends::usb_relay`.
 
 mod common;
@@ -23,8 +23,10 @@ const ABSENT: &str = "ZQ9X7";
 
 #[tokio::test]
 async fn rusb_backend_reports_no_such_board() {
-    let present = list_boards(&RusbTransport).expect("enumeration itself does not fail");
-    assert!(!present.iter().any(|s| s == ABSENT));
+    // Either the bus is there and holds no such board, or there is no bus.
+    if let Ok(present) = list_boards(&RusbTransport) {
+        assert!(!present.iter().any(|s| s == ABSENT));
+    }
     let b = button(
         &spec(serde_json::json!({"backend": "usb-relay", "serial": ABSENT, "relay": 1})),
         &env(),
@@ -57,14 +59,23 @@ fn doctor_says_how_to_get_a_missing_board() {
     let finding = &findings[0];
     assert_eq!(finding.check, format!("usb_relay.{ABSENT}"));
     assert!(!finding.ok);
-    assert!(
-        finding.detail.contains("boards found:"),
-        "{}",
-        finding.detail
-    );
-    assert!(
-        finding.fix.contains("lsusb") && finding.fix.contains("serial"),
-        "{}",
-        finding.fix
-    );
+    if list_boards(&RusbTransport).is_ok() {
+        assert!(
+            finding.detail.contains("boards found:"),
+            "{}",
+            finding.detail
+        );
+        assert!(
+            finding.fix.contains("lsusb") && finding.fix.contains("serial"),
+            "{}",
+            finding.fix
+        );
+    } else {
+        assert!(
+            finding.detail.contains("USB is not usable here"),
+            "{}",
+            finding.detail
+        );
+        assert!(finding.fix.contains("/dev/bus/usb"), "{}", finding.fix);
+    }
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rusb::UsbContext;
 use serde::Deserialize;
 
 use crate::capability::{Button, Capability, Power};
@@ -75,7 +76,7 @@ pub trait UsbTransport: Send + Sync {
 pub struct RusbTransport;
 
 struct RusbDevice {
-    handle: rusb::DeviceHandle<rusb::GlobalContext>,
+    handle: rusb::DeviceHandle<rusb::Context>,
     location: String,
 }
 
@@ -142,14 +143,16 @@ impl UsbDevice for RusbDevice {
 
 impl UsbTransport for RusbTransport {
     fn open_all(&self, vendor: u16, product: u16) -> Result<Vec<Box<dyn UsbDevice>>, DriverError> {
-        // No USB subsystem at all (containers) is "no boards", not a crash.
-        let devices = match rusb::devices() {
-            Ok(devices) => devices,
-            Err(error) => {
-                tracing::debug!(%error, "USB enumeration failed; treating as no boards");
-                return Ok(Vec::new());
-            }
-        };
+        // An explicit context, not rusb's global one: that one panics when
+        // libusb cannot start (no /dev/bus/usb, as in containers).
+        let context = rusb::Context::new().map_err(|e| {
+            DriverError::Unavailable(format!(
+                "USB is not usable here (libusb: {e}); is /dev/bus/usb present?"
+            ))
+        })?;
+        let devices = context
+            .devices()
+            .map_err(|e| DriverError::Unavailable(format!("cannot list USB devices: {e}")))?;
         let mut opened: Vec<Box<dyn UsbDevice>> = Vec::new();
         for device in devices.iter() {
             let Ok(descriptor) = device.device_descriptor() else {
@@ -251,8 +254,14 @@ impl Relay {
     }
 
     fn open_board(&self) -> Result<Box<dyn UsbDevice>, DriverError> {
+        let devices = self.transport.open_all(VENDOR_ID, PRODUCT_ID).map_err(|e| {
+            DriverError::Unavailable(format!(
+                "no such board: USB relay board `{}` ({VENDOR_ID:04x}:{PRODUCT_ID:04x}) cannot be reached: {e}",
+                self.serial
+            ))
+        })?;
         let mut seen = Vec::new();
-        for mut device in self.transport.open_all(VENDOR_ID, PRODUCT_ID)? {
+        for mut device in devices {
             let report = read_report(device.as_mut())?;
             if report.serial == self.serial {
                 return Ok(device);
