@@ -379,3 +379,38 @@ async fn emergency_mode_hangs_up_a_ringing_call_before_the_silent_call() {
     assert_eq!(invite.sdp_direction(), Some("sendonly"));
     b.phone.shutdown(false).await;
 }
+
+#[tokio::test]
+async fn power_cycle_releases_and_rebinds_the_sip_port() {
+    let ip = "127.73.10.2";
+    let port = std::net::UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let b = Bench::start("127.73.10", |c| c.sip_port = port).await;
+    let rtp = RtpPeer::bind("127.73.10.1").await;
+    // Leave a call and transactions running, then cut the power.
+    b.phone.key(Key::Dial("4006".into())).await.unwrap();
+    let invite = b.peer.request("INVITE").await;
+    b.answer_invite(&invite, "t4006", rtp.addr, "sendrecv")
+        .await;
+    let Bench { peer, phone, .. } = b;
+    phone.shutdown(false).await;
+    let console = ConsoleLog::default();
+    let again = phonerig_sim_ua::Telephony::start(
+        phonerig_sim_ua::UaConfig {
+            sip_port: port,
+            ..config("127.73.10", peer.addr)
+        },
+        console.sink(),
+        std::sync::Arc::new(|_: &str| phonerig_sim_ua::NotifyDecision::Accept),
+    )
+    .await
+    .expect("SIP port is free again after shutdown");
+    assert_eq!(again.local_addr().port(), port);
+    // A power cut sends nothing: no BYE for the call that was up.
+    let seen = peer.drain(Duration::from_millis(300)).await;
+    assert!(!seen.iter().any(|m| m.method() == Some("BYE")));
+    again.shutdown(false).await;
+}

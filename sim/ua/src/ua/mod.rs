@@ -182,6 +182,8 @@ impl Telephony {
 
     /// Stop everything. `unregister = true` sends REGISTER with Expires: 0 first
     /// (orderly reboot); `false` is a power cut: nothing more goes on the wire.
+    /// Returns once the SIP and RTP ports are released (so a power cycle can bind
+    /// them again), provided no other clone of this handle is kept alive.
     pub async fn shutdown(self, unregister: bool) {
         if let Some(task) = self.inner.register_task.lock().unwrap().take() {
             task.abort();
@@ -195,6 +197,12 @@ impl Telephony {
             m.dialing = None;
             m.registered = false;
         });
+        // Every task holds the Inner (and so the socket) until it sees the stop
+        // token; wait for them so the port is free when we return.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while Arc::strong_count(&self.inner) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 }
 
