@@ -136,6 +136,16 @@ fn kind_name(kind: MessageType) -> &'static str {
     }
 }
 
+/// The largest DHCP message (UDP payload) the client said it accepts: its
+/// option 57, else RFC 2131's 576-byte datagram, less 28 bytes of IP and UDP headers.
+fn reply_limit(request: &Message) -> usize {
+    let datagram = match request.opts().get(OptionCode::MaxMessageSize) {
+        Some(DhcpOption::MaxMessageSize(size)) => usize::from(*size).max(576),
+        _ => 576,
+    };
+    datagram - 28
+}
+
 pub(crate) struct Server {
     timeline: Timeline,
     directory: PhoneDirectory,
@@ -578,6 +588,15 @@ impl Server {
         if bytes.len() < MIN_REPLY_LEN {
             bytes.resize(MIN_REPLY_LEN, 0);
         }
+        let limit = reply_limit(&request.message);
+        if bytes.len() > limit {
+            // Sent anyway (the scenario asked for these options), but a phone
+            // that drops it would otherwise be a mystery.
+            self.timeline.publish(NewEvent::new(Source::Rig, "warning").field("service", "dhcp").field(
+                "error",
+                format!("{} to {} is {} bytes, more than the {limit} the client accepts (option 57, else 576-byte datagrams)", kind_name(kind), request.mac, bytes.len()),
+            ));
+        }
         let to = self.destination(request, kind);
         let fields = ReplyFields {
             mac: request.mac.colon(),
@@ -837,6 +856,43 @@ mod tests {
         // the address is free for the next client at once
         let next = server.handle(&discover(8), peer(), now).unwrap();
         assert_eq!(Message::from_bytes(&next.bytes).unwrap().yiaddr(), offered);
+    }
+
+    #[test]
+    fn replies_larger_than_the_client_accepts_are_warned_about() {
+        let mut settings = Settings::default();
+        settings
+            .options
+            .insert("224".into(), crate::OptionValue::Text("x".repeat(300)));
+        let mut server = server();
+        server.plan = OptionPlan::new(&settings).unwrap();
+        let now = Instant::now();
+        let reply = server.handle(&discover(1), peer(), now).unwrap();
+        assert!(reply.bytes.len() > 548);
+        let warnings = kinds(&server, "warning");
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0]
+            .field_str("error")
+            .unwrap()
+            .contains("more than the 548"));
+
+        let mut big = Message::new_with_id(
+            9,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &[2, 0, 0, 0, 0, 2],
+        );
+        big.opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Discover));
+        big.opts_mut().insert(DhcpOption::MaxMessageSize(1500));
+        server.handle(&big.to_vec().unwrap(), peer(), now).unwrap();
+        assert_eq!(
+            kinds(&server, "warning").len(),
+            1,
+            "a client that accepts 1500 bytes is fine"
+        );
     }
 
     #[test]
