@@ -169,6 +169,29 @@ pub fn check_nic(nic: &str, bench_address: Option<IpAddr>) -> Vec<Finding> {
     findings
 }
 
+/// What the rig requires of the lab NIC before it starts services: present,
+/// up, carrying the bench address, not the default-route interface. Carrier
+/// is not required: a phone cabled straight to the NIC has none while it is
+/// powered off, and powering it on may be the scenario's first step.
+pub fn require_lab_nic(
+    nic: &str,
+    bench_address: Option<IpAddr>,
+) -> Result<(), crate::error::DriverError> {
+    let problems: Vec<String> = check_nic(nic, bench_address)
+        .into_iter()
+        .filter(|f| !f.ok && f.check != "nic.link")
+        .map(|f| format!("{}: {} (fix: {})", f.check, f.detail, f.fix))
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::error::DriverError::Unavailable(format!(
+            "the lab NIC is not ready: {}",
+            problems.join("; ")
+        )))
+    }
+}
+
 /// Interfaces of IPv4 and IPv6 default routes, from the calling thread's namespace.
 pub fn default_route_interfaces() -> std::io::Result<Vec<String>> {
     let mut found = Vec::new();

@@ -265,6 +265,12 @@ fn doctor_on_a_namespace_veth_is_ok_and_explains_what_is_wrong() {
     };
     let run = input.clone();
     let findings = in_netns(&pair.a, move || Ok(doctor::doctor(&run))).unwrap();
+    let a_if = pair.a_if.clone();
+    in_netns(&pair.a, move || {
+        Ok(doctor::require_lab_nic(&a_if, Some(bench)))
+    })
+    .unwrap()
+    .expect("a ready NIC is accepted");
     drop(master);
     let by = |check: &str| {
         findings
@@ -329,6 +335,17 @@ fn doctor_on_a_namespace_veth_is_ok_and_explains_what_is_wrong() {
     .unwrap();
     drop(holder);
     let by = |check: &str| findings.iter().find(|f| f.check == check).unwrap().clone();
+    let a_if = pair.a_if.clone();
+    let refused = in_netns(&pair.a, move || {
+        Ok(doctor::require_lab_nic(&a_if, Some(bench)))
+    })
+    .unwrap()
+    .unwrap_err()
+    .to_string();
+    assert!(
+        refused.contains("nic.not_default_route") && refused.contains("fix: use a dedicated NIC"),
+        "{refused}"
+    );
     let address = by("nic.address");
     assert!(
         !address.ok
@@ -363,6 +380,13 @@ fn doctor_on_a_namespace_veth_is_ok_and_explains_what_is_wrong() {
 
 #[test]
 fn doctor_on_a_missing_nic_says_how_to_fix_it() {
+    let refused = doctor::require_lab_nic("prnonexist0", None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("nic.present") && refused.contains("ip link"),
+        "{refused}"
+    );
     let findings = doctor::check_nic("prnonexist0", None);
     assert_eq!(
         findings.len(),
