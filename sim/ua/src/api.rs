@@ -3,13 +3,16 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 pub use crate::panic_rules::{PanicButton, PanicMode, PhoneState};
 pub use crate::sdp::Direction;
 
 /// What the phone body knows from its provisioning and hands to the telephony part.
-#[derive(Debug, Clone)]
+/// Also readable from TOML (durations as text: `"500ms"`, `"4s"`); missing keys
+/// take the defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct UaConfig {
     pub local_ip: IpAddr,
     /// 5060 on a real phone; 0 picks a free port (tests).
@@ -24,18 +27,22 @@ pub struct UaConfig {
     /// Requested registration lifetime in seconds.
     pub expires: u32,
     /// RFC 3261 T1 (round-trip estimate), 500 ms by default.
+    #[serde(deserialize_with = "duration_text")]
     pub t1: Duration,
     /// RFC 3261 T2 (cap of non-INVITE retransmission interval), 4 s by default.
+    #[serde(deserialize_with = "duration_text")]
     pub t2: Duration,
     /// First RTP port; each call takes the next free even port. 0 = any port.
     pub rtp_port_base: u16,
     /// Lvswitch H680 "自动应答": answer incoming calls after this delay, never while
     /// already in a call.
+    #[serde(deserialize_with = "optional_duration_text")]
     pub auto_answer: Option<Duration>,
     /// Honour intercom requests (`Alert-Info: …info=alert-autoanswer`,
     /// `Call-Info: …;answer-after=N`) by answering without a key press.
     pub intercom_auto_answer: bool,
     /// Wait before a failed registration is tried again.
+    #[serde(deserialize_with = "duration_text")]
     pub register_retry: Duration,
 }
 
@@ -59,6 +66,15 @@ impl Default for UaConfig {
             register_retry: Duration::from_secs(30),
         }
     }
+}
+
+fn duration_text<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn optional_duration_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration_text(d).map(Some)
 }
 
 /// The phone body's answer to an out-of-dialog NOTIFY.
@@ -244,4 +260,48 @@ pub struct CallStateSnapshot {
     pub dnd: bool,
     pub forward: Option<String>,
     pub calls: Vec<CallSnapshot>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example of docs/sim-telephony.md.
+    const EXAMPLE: &str = r#"
+local_ip = "127.0.0.20"
+sip_port = 5060
+user_agent = "Htek UC924U 2.42.6.3.36"
+registrar = "127.0.0.1:5060"
+domain = "pbx.lab"
+user = "4002"
+auth_user = "4002"
+password = "4002pw"
+expires = 3600
+t1 = "500ms"
+t2 = "4s"
+rtp_port_base = 11780
+auto_answer = "3s"
+intercom_auto_answer = true
+register_retry = "30s"
+"#;
+
+    #[test]
+    fn reads_the_documented_toml() {
+        let cfg: UaConfig = toml::from_str(EXAMPLE).unwrap();
+        assert_eq!(cfg.registrar, "127.0.0.1:5060".parse().unwrap());
+        assert_eq!(cfg.t1, Duration::from_millis(500));
+        assert_eq!(cfg.t2, Duration::from_secs(4));
+        assert_eq!(cfg.auto_answer, Some(Duration::from_secs(3)));
+        assert_eq!(cfg.user, "4002");
+    }
+
+    #[test]
+    fn missing_keys_take_defaults_and_unknown_keys_fail() {
+        let cfg: UaConfig = toml::from_str("user = \"4004\"").unwrap();
+        assert_eq!(cfg.sip_port, 5060);
+        assert_eq!(cfg.t1, Duration::from_millis(500));
+        assert_eq!(cfg.auto_answer, None);
+        assert!(toml::from_str::<UaConfig>("t3 = \"1s\"").is_err());
+        assert!(toml::from_str::<UaConfig>("t1 = \"soon\"").is_err());
+    }
 }

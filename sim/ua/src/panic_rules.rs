@@ -1,10 +1,10 @@
 //! The Htek USB panic button rules (seed 000, "Panic Button Mode & Usage
 //! Scenarios"), as a pure decision over (mode, function, phone state).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// P24962: 0 = emergency (default), 1 = normal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PanicMode {
     #[default]
@@ -24,7 +24,8 @@ impl PanicMode {
 }
 
 /// The button's configuration (P24962, P24944, P24945, P24947).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PanicButton {
     pub mode: PanicMode,
     /// P24944 function code (see [`PanicFunction`]).
@@ -33,6 +34,43 @@ pub struct PanicButton {
     pub value: String,
     /// P24947: 0 = account 1 … 15 = account 16.
     pub account: u8,
+}
+
+impl PanicButton {
+    /// From the provisioning values as text: P24962 (mode), P24944 (function),
+    /// P24945 (value), P24947 (account: one hex digit, 0 = account 1 … F = 16).
+    /// Blank mode, function or account take the document's defaults (0).
+    pub fn from_p_values(
+        p24962: &str,
+        p24944: &str,
+        p24945: &str,
+        p24947: &str,
+    ) -> Result<PanicButton, String> {
+        let number = |name: &str, text: &str| -> Result<u16, String> {
+            let t = text.trim();
+            if t.is_empty() {
+                return Ok(0);
+            }
+            t.parse()
+                .map_err(|_| format!("{name}: not a number: {text:?}"))
+        };
+        let mode = PanicMode::from_p_value(number("P24962", p24962)?)
+            .ok_or_else(|| format!("P24962: mode must be 0 or 1, got {p24962:?}"))?;
+        let function = number("P24944", p24944)?;
+        let account = match p24947.trim() {
+            "" => 0,
+            t if t.len() == 1 => {
+                u8::from_str_radix(t, 16).map_err(|_| format!("P24947: not 0-9/A-F: {t:?}"))?
+            }
+            t => return Err(format!("P24947: one hex digit expected, got {t:?}")),
+        };
+        Ok(PanicButton {
+            mode,
+            function,
+            value: p24945.trim().to_string(),
+            account,
+        })
+    }
 }
 
 /// P24944 codes, names as in the document.
@@ -223,6 +261,26 @@ mod tests {
     fn unassigned_or_unknown_does_nothing(#[case] mode: PanicMode, #[case] state: PhoneState) {
         assert!(matches!(decide(mode, Some(NotAssigned), state), Refuse(_)));
         assert!(matches!(decide(mode, None, state), Refuse(_)));
+    }
+
+    #[rstest]
+    #[case::document_example("0", "57", "4004", "0", Ok((Emergency, 57, "4004", 0)))]
+    #[case::normal_account_16("1", "2", "*554004", "F", Ok((Normal, 2, "*554004", 15)))]
+    #[case::blanks_are_defaults("", "", "", "", Ok((Emergency, 0, "", 0)))]
+    #[case::bad_mode("2", "57", "4004", "0", Err(()))]
+    #[case::bad_account("0", "57", "4004", "G", Err(()))]
+    #[case::bad_function("0", "five", "4004", "0", Err(()))]
+    fn reads_p_values(
+        #[case] mode: &str,
+        #[case] function: &str,
+        #[case] value: &str,
+        #[case] account: &str,
+        #[case] want: Result<(PanicMode, u16, &str, u8), ()>,
+    ) {
+        let got = PanicButton::from_p_values(mode, function, value, account)
+            .map(|b| (b.mode, b.function, b.value.clone(), b.account))
+            .map_err(|_| ());
+        assert_eq!(got, want.map(|(m, f, v, a)| (m, f, v.to_string(), a)));
     }
 
     #[rstest]
