@@ -103,14 +103,14 @@ async fn a_partial_line_is_held_until_newline_or_a_quiet_period() {
     let (mut master, _slave, path) = pty();
     let timeline = Timeline::in_memory();
     let console = console(
-        &spec(serde_json::json!({"backend": "serial", "device": path, "flush_after": "300ms"})),
+        &spec(serde_json::json!({"backend": "serial", "device": path, "flush_after": "1s"})),
         &env(dir.path()),
     )
     .unwrap();
     let driven = Driven::new(timeline.clone(), "uc924-1", None, None, None, Some(console));
     driven.console.start().await.unwrap();
 
-    // Pieces of one line, each well inside the quiet period: one line.
+    // Pieces of one line, each well inside the quiet period (1s): one line.
     for piece in ["Kernel ", "command ", "line: console=ttyS0\n"] {
         master.write_all(piece.as_bytes()).unwrap();
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -157,7 +157,19 @@ async fn reconnects_when_the_adapter_disappears_and_comes_back() {
 
     // Unplug: the pty goes away and the link dangles.
     master.write_all(b"cut mid-li").unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Unplug only once the console has read it (the raw log shows that).
+    let raw_log = dir.path().join("console-uc924-1.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&raw_log)
+        .unwrap_or_default()
+        .ends_with("cut mid-li")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the console never read the partial line"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(master);
     drop(slave);
     std::fs::remove_file(&link).unwrap();
