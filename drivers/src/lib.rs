@@ -25,6 +25,6 @@ pub mod registry;
 pub mod schema;
 
 pub use capability::{Button, Capability, Console, ConsoleSink, Key, Keys, Power};
-pub use driven::{Driven, DrivenButton, DrivenConsole, DrivenKeys, DrivenPower};
+pub use driven::{Driven, DrivenButton, DrivenConsole, DrivenKeys, DrivenPower, PhoneDrivers};
 pub use error::DriverError;
 pub use registry::{button, console, keys, known_backends, power, BackendSpec, DriverEnv};
