@@ -156,6 +156,21 @@ pub async fn serve(shared: Arc<Shared>, peer: SocketAddr, request: Request) {
         negotiate(&request.options, &shared.limits, Direction::Write)
     };
     record.agreed = option_map(&agreed.oack);
+    // RFC 2349: a server that cannot take the announced size says so before any data.
+    let announced = agreed
+        .oack
+        .iter()
+        .find(|(name, _)| name == "tsize")
+        .and_then(|(_, value)| value.parse::<u64>().ok());
+    if let Some(size) = announced.filter(|&size| size > MAX_UPLOAD_BYTES) {
+        let message = format!("upload of {size} bytes is larger than {MAX_UPLOAD_BYTES}");
+        channel.send_error(error_code::DISK_FULL, &message).await;
+        record
+            .end(Outcome::Error)
+            .with_error(error_code::DISK_FULL, message);
+        record.publish(&shared.timeline, "tftp.upload");
+        return;
+    }
 
     let partial = partial_path(&target, peer.port());
     let result = receive_into(

@@ -337,6 +337,21 @@ async fn uploads_land_in_upload_dir_only() {
     let refused = put(&socket, server.addr, "../escape.txt", b"x", vec![]).await;
     assert_eq!(refused.unwrap_err().0, error_code::ACCESS_VIOLATION);
     assert!(!uploads.path().parent().unwrap().join("escape.txt").exists());
+    // An announced size over the limit is refused before any data (error 3).
+    let socket = client("127.69.1.16").await;
+    let too_big = put(
+        &socket,
+        server.addr,
+        "huge.img",
+        b"x",
+        vec![(
+            "tsize".into(),
+            (phonerig_tftp::MAX_UPLOAD_BYTES + 1).to_string(),
+        )],
+    )
+    .await;
+    assert_eq!(too_big.unwrap_err().0, error_code::DISK_FULL);
+    assert!(!uploads.path().join("huge.img").exists());
     // Nothing half-written is left behind.
     let names: Vec<_> = std::fs::read_dir(uploads.path().join("logs"))
         .unwrap()
@@ -506,15 +521,17 @@ async fn truncate_sends_only_the_first_bytes(
         truncate: Some(limit),
         ..FileRule::default()
     }];
+    // The default 1 s server timeout: long enough that a loaded machine does
+    // not make the server give up before the client acknowledged the cut.
     let server = start(
         "127.69.1.20",
         root.path(),
         rules,
         TftpConfig {
-            retries: 1,
+            retries: 2,
             ..common::config()
         },
-        short_timeout(),
+        Settings::default(),
     )
     .await;
     let socket = client("127.69.1.20").await;
@@ -569,12 +586,20 @@ async fn delay_holds_the_first_packet_and_repeated_requests_start_nothing_new() 
 #[tokio::test]
 async fn beyond_max_transfers_the_answer_is_busy() {
     let root = root_with(&[("a.cfg", &pattern(4096, 8))]);
+    // The stalled transfer holds its slot for (1 + retries) x 1 s: ample time for the second request.
     let config = TftpConfig {
         max_transfers: 1,
-        retries: 1,
+        retries: 2,
         ..common::config()
     };
-    let server = start("127.69.1.22", root.path(), vec![], config, short_timeout()).await;
+    let server = start(
+        "127.69.1.22",
+        root.path(),
+        vec![],
+        config,
+        Settings::default(),
+    )
+    .await;
     // The first client asks and then never acknowledges, holding the only slot.
     let stalled = client("127.69.1.22").await;
     let rrq = Packet::Rrq(Request {
