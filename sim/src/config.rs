@@ -27,7 +27,10 @@ pub enum Placement {
     Loopback { dhcp_server: SocketAddr },
     /// Phones on a veth inside network namespace `netns`: one macvlan per
     /// phone carrying the phone's MAC, real broadcast DHCP on ports 67/68.
-    Netns { netns: String, parent_interface: String },
+    Netns {
+        netns: String,
+        parent_interface: String,
+    },
 }
 
 /// One virtual phone.
@@ -62,7 +65,11 @@ pub struct Timing {
 
 impl Default for Timing {
     fn default() -> Self {
-        Timing { boot_delay: Duration::from_millis(20), reboot_delay: Duration::from_millis(30), scale: 0.001 }
+        Timing {
+            boot_delay: Duration::from_millis(20),
+            reboot_delay: Duration::from_millis(30),
+            scale: 0.001,
+        }
     }
 }
 
@@ -84,7 +91,10 @@ mod tests {
 
     #[test]
     fn minutes_are_scaled() {
-        let timing = Timing { scale: 0.001, ..Timing::default() };
+        let timing = Timing {
+            scale: 0.001,
+            ..Timing::default()
+        };
         assert_eq!(timing.minutes(10080.0), Duration::from_secs_f64(604.8));
         assert_eq!(timing.seconds(3600.0), Duration::from_secs_f64(3.6));
         assert_eq!(timing.seconds(0.0), Duration::from_millis(1));

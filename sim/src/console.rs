@@ -41,7 +41,13 @@ impl Console {
         nonblocking(&pty.master)?;
         nonblocking(&pty.slave)?;
         let path = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd()))?;
-        Ok(Console { master: pty.master, slave: pty.slave, path, powered_at: Mutex::new(Instant::now()), write_lock: Mutex::new(()) })
+        Ok(Console {
+            master: pty.master,
+            slave: pty.slave,
+            path,
+            powered_at: Mutex::new(Instant::now()),
+            write_lock: Mutex::new(()),
+        })
     }
 
     /// `/dev/pts/N`, what `CONSOLE?` answers.
@@ -55,8 +61,17 @@ impl Console {
 
     /// Prints one line with an uptime stamp, e.g. `[    1.234] DHCP: bound to 127.1.0.5`.
     pub fn line(&self, text: &str) {
-        let uptime = self.powered_at.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
-        let line = format!("[{:5}.{:03}] {}\r\n", uptime.as_secs(), uptime.subsec_millis(), text.trim_end());
+        let uptime = self
+            .powered_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
+        let line = format!(
+            "[{:5}.{:03}] {}\r\n",
+            uptime.as_secs(),
+            uptime.subsec_millis(),
+            text.trim_end()
+        );
         self.write_raw(line.as_bytes());
     }
 
@@ -135,6 +150,9 @@ mod tests {
             }
         });
         let text = handle.join().unwrap();
-        assert!(!text.contains("] line 0\r\n"), "the oldest output should have been discarded");
+        assert!(
+            !text.contains("] line 0\r\n"),
+            "the oldest output should have been discarded"
+        );
     }
 }

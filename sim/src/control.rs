@@ -20,12 +20,25 @@ pub enum Command {
 }
 
 /// Key names the contract lists.
-pub const KEYS: &[&str] =
-    &["answer", "reject", "hangup", "speaker", "headset", "handset", "onhook", "hold", "resume", "dial", "factory-reset"];
+pub const KEYS: &[&str] = &[
+    "answer",
+    "reject",
+    "hangup",
+    "speaker",
+    "headset",
+    "handset",
+    "onhook",
+    "hold",
+    "resume",
+    "dial",
+    "factory-reset",
+];
 
 fn millis(text: Option<&str>, what: &str) -> Result<Duration, String> {
     let text = text.ok_or_else(|| format!("{what} needs a duration in ms"))?;
-    text.parse::<u64>().map(Duration::from_millis).map_err(|_| format!("`{text}` is not a number of ms"))
+    text.parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("`{text}` is not a number of ms"))
 }
 
 pub fn parse(line: &str) -> Result<Command, String> {
@@ -43,10 +56,18 @@ pub fn parse(line: &str) -> Result<Command, String> {
             Some("OFF") => Command::PowerOff,
             Some("CYCLE") => Command::PowerCycle(millis(words.next(), "POWER CYCLE")?),
             Some("?") => Command::PowerQuery,
-            other => return Err(format!("POWER wants ON, OFF, CYCLE <ms> or ?, got {}", other.unwrap_or("nothing"))),
+            other => {
+                return Err(format!(
+                    "POWER wants ON, OFF, CYCLE <ms> or ?, got {}",
+                    other.unwrap_or("nothing")
+                ))
+            }
         },
         "KEY" => {
-            let name = words.next().ok_or("KEY needs a key name")?.to_ascii_lowercase();
+            let name = words
+                .next()
+                .ok_or("KEY needs a key name")?
+                .to_ascii_lowercase();
             if !KEYS.contains(&name.as_str()) {
                 return Err(format!("unknown key `{name}` (known: {})", KEYS.join(", ")));
             }

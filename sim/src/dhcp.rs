@@ -32,9 +32,14 @@ pub struct DhcpIdentity {
 pub enum Request {
     Discover,
     /// REQUEST in SELECTING state: names the offered address and the server.
-    Select { offered: Ipv4Addr, server: Ipv4Addr },
+    Select {
+        offered: Ipv4Addr,
+        server: Ipv4Addr,
+    },
     /// REQUEST in RENEWING state: `ciaddr` set, no option 50/54 (RFC 2131 §4.3.2).
-    Renew { address: Ipv4Addr },
+    Renew {
+        address: Ipv4Addr,
+    },
 }
 
 /// Encodes a DISCOVER or REQUEST. `broadcast` sets the BROADCAST flag so a
@@ -43,7 +48,10 @@ pub enum Request {
 pub fn encode(identity: &DhcpIdentity, xid: u32, request: Request, broadcast: bool) -> Vec<u8> {
     let mac = identity.mac.octets();
     let mut msg = v4::Message::default();
-    msg.set_opcode(v4::Opcode::BootRequest).set_htype(v4::HType::Eth).set_xid(xid).set_chaddr(&mac);
+    msg.set_opcode(v4::Opcode::BootRequest)
+        .set_htype(v4::HType::Eth)
+        .set_xid(xid)
+        .set_chaddr(&mac);
     if broadcast {
         msg.set_flags(v4::Flags::default().set_broadcast());
     }
@@ -64,14 +72,22 @@ pub fn encode(identity: &DhcpIdentity, xid: u32, request: Request, broadcast: bo
     let mut client_id = vec![1u8];
     client_id.extend_from_slice(&mac);
     opts.insert(DhcpOption::ClientIdentifier(client_id));
-    opts.insert(DhcpOption::ClassIdentifier(identity.vendor_class.as_bytes().to_vec()));
+    opts.insert(DhcpOption::ClassIdentifier(
+        identity.vendor_class.as_bytes().to_vec(),
+    ));
     opts.insert(DhcpOption::Hostname(identity.hostname.clone()));
-    opts.insert(DhcpOption::ParameterRequestList(PARAMETER_REQUEST_LIST.iter().map(|c| OptionCode::from(*c)).collect()));
+    opts.insert(DhcpOption::ParameterRequestList(
+        PARAMETER_REQUEST_LIST
+            .iter()
+            .map(|c| OptionCode::from(*c))
+            .collect(),
+    ));
     if let Request::Renew { address } = request {
         msg.set_ciaddr(address);
     }
     let mut bytes = Vec::with_capacity(400);
-    msg.encode(&mut Encoder::new(&mut bytes)).expect("encoding a DHCP request into a Vec cannot fail");
+    msg.encode(&mut Encoder::new(&mut bytes))
+        .expect("encoding a DHCP request into a Vec cannot fail");
     bytes
 }
 
@@ -93,7 +109,10 @@ const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
 
 pub fn decode_reply(bytes: &[u8]) -> Result<Reply, String> {
     if bytes.len() < 240 {
-        return Err(format!("{} bytes is shorter than a BOOTP header", bytes.len()));
+        return Err(format!(
+            "{} bytes is shorter than a BOOTP header",
+            bytes.len()
+        ));
     }
     if bytes[0] != 2 {
         return Err("not a BOOTREPLY".into());
@@ -114,15 +133,26 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Reply, String> {
             255 => break,
             _ => {
                 let len = *bytes.get(at + 1).ok_or("option length missing")? as usize;
-                let data = bytes.get(at + 2..at + 2 + len).ok_or_else(|| format!("option {code} runs past the end"))?;
+                let data = bytes
+                    .get(at + 2..at + 2 + len)
+                    .ok_or_else(|| format!("option {code} runs past the end"))?;
                 // RFC 3396: a repeated option continues the previous one.
                 options.entry(code).or_default().extend_from_slice(data);
                 at += 2 + len;
             }
         }
     }
-    let message_type = options.get(&53).and_then(|v| v.first().copied()).ok_or("no option 53")?;
-    Ok(Reply { message_type, xid, yiaddr, chaddr, options })
+    let message_type = options
+        .get(&53)
+        .and_then(|v| v.first().copied())
+        .ok_or("no option 53")?;
+    Ok(Reply {
+        message_type,
+        xid,
+        yiaddr,
+        chaddr,
+        options,
+    })
 }
 
 /// An address and the options that came with it.
@@ -142,12 +172,26 @@ fn ipv4_at(data: &[u8]) -> Option<Ipv4Addr> {
 
 impl Lease {
     fn from_ack(reply: &Reply, server_hint: Ipv4Addr) -> Lease {
-        let u32_of = |code| reply.options.get(&code).filter(|v| v.len() == 4).map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+        let u32_of = |code| {
+            reply
+                .options
+                .get(&code)
+                .filter(|v| v.len() == 4)
+                .map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]))
+        };
         let lease_secs = u32_of(51).unwrap_or(86_400);
         Lease {
             address: reply.yiaddr,
-            server: reply.options.get(&54).and_then(|v| ipv4_at(v)).unwrap_or(server_hint),
-            subnet_mask: reply.options.get(&1).and_then(|v| ipv4_at(v)).unwrap_or(Ipv4Addr::new(255, 255, 255, 0)),
+            server: reply
+                .options
+                .get(&54)
+                .and_then(|v| ipv4_at(v))
+                .unwrap_or(server_hint),
+            subnet_mask: reply
+                .options
+                .get(&1)
+                .and_then(|v| ipv4_at(v))
+                .unwrap_or(Ipv4Addr::new(255, 255, 255, 0)),
             lease_secs,
             t1_secs: u32_of(58).unwrap_or(lease_secs / 2),
             options: reply.options.clone(),
@@ -191,7 +235,11 @@ pub fn option_150_values(data: &[u8]) -> Vec<String> {
         return vec![text];
     }
     if !data.is_empty() && data.len() % 4 == 0 {
-        return data.chunks(4).filter_map(ipv4_at).map(|ip| ip.to_string()).collect();
+        return data
+            .chunks(4)
+            .filter_map(ipv4_at)
+            .map(|ip| ip.to_string())
+            .collect();
     }
     Vec::new()
 }
@@ -240,11 +288,17 @@ async fn exchange(
                     break;
                 }
                 Ok(Ok((n, from))) => match decode_reply(&buf[..n]) {
-                    Ok(reply) if reply.xid == xid && reply.chaddr == mac.octets() && wanted.contains(&reply.message_type) => {
+                    Ok(reply)
+                        if reply.xid == xid
+                            && reply.chaddr == mac.octets()
+                            && wanted.contains(&reply.message_type) =>
+                    {
                         return Some((reply, from));
                     }
                     Ok(_) => {} // another client's exchange on the same segment
-                    Err(error) => log(format!("DHCP: dropped malformed reply from {from}: {error}")),
+                    Err(error) => log(format!(
+                        "DHCP: dropped malformed reply from {from}: {error}"
+                    )),
                 },
             }
         }
@@ -260,19 +314,57 @@ fn server_hint(from: SocketAddr) -> Ipv4Addr {
 }
 
 /// Runs DISCOVER → OFFER → REQUEST → ACK until a lease is bound (a NAK starts over).
-pub async fn acquire(path: &DhcpPath<'_>, identity: &DhcpIdentity, log: &(dyn Fn(String) + Send + Sync)) -> Lease {
+pub async fn acquire(
+    path: &DhcpPath<'_>,
+    identity: &DhcpIdentity,
+    log: &(dyn Fn(String) + Send + Sync),
+) -> Lease {
     loop {
         let xid = fastrand::u32(..);
-        log(format!("DHCP: DISCOVER xid 0x{xid:08x} class \"{}\"", identity.vendor_class));
+        log(format!(
+            "DHCP: DISCOVER xid 0x{xid:08x} class \"{}\"",
+            identity.vendor_class
+        ));
         let discover = encode(identity, xid, Request::Discover, path.broadcast_flag);
-        let Some((offer, from)) = exchange(path, &discover, xid, &identity.mac, &[OFFER], None, log).await else { continue };
-        let server = offer.options.get(&54).and_then(|v| ipv4_at(v)).unwrap_or(server_hint(from));
+        let Some((offer, from)) =
+            exchange(path, &discover, xid, &identity.mac, &[OFFER], None, log).await
+        else {
+            continue;
+        };
+        let server = offer
+            .options
+            .get(&54)
+            .and_then(|v| ipv4_at(v))
+            .unwrap_or(server_hint(from));
         log(format!("DHCP: OFFER {} from {server}", offer.yiaddr));
-        let request = encode(identity, xid, Request::Select { offered: offer.yiaddr, server }, path.broadcast_flag);
-        match exchange(path, &request, xid, &identity.mac, &[ACK, NAK], Some(4), log).await {
+        let request = encode(
+            identity,
+            xid,
+            Request::Select {
+                offered: offer.yiaddr,
+                server,
+            },
+            path.broadcast_flag,
+        );
+        match exchange(
+            path,
+            &request,
+            xid,
+            &identity.mac,
+            &[ACK, NAK],
+            Some(4),
+            log,
+        )
+        .await
+        {
             Some((ack, from)) if ack.message_type == ACK => {
                 let lease = Lease::from_ack(&ack, server_hint(from));
-                log(format!("DHCP: ACK, bound to {}/{} lease {}s", lease.address, lease.prefix_len(), lease.lease_secs));
+                log(format!(
+                    "DHCP: ACK, bound to {}/{} lease {}s",
+                    lease.address,
+                    lease.prefix_len(),
+                    lease.lease_secs
+                ));
                 return lease;
             }
             Some(_) => log("DHCP: NAK, starting over".to_owned()),
@@ -282,14 +374,42 @@ pub async fn acquire(path: &DhcpPath<'_>, identity: &DhcpIdentity, log: &(dyn Fn
 }
 
 /// One renewal (RENEWING state). `None` when the server did not confirm.
-pub async fn renew(path: &DhcpPath<'_>, identity: &DhcpIdentity, lease: &Lease, log: &(dyn Fn(String) + Send + Sync)) -> Option<Lease> {
+pub async fn renew(
+    path: &DhcpPath<'_>,
+    identity: &DhcpIdentity,
+    lease: &Lease,
+    log: &(dyn Fn(String) + Send + Sync),
+) -> Option<Lease> {
     let xid = fastrand::u32(..);
-    log(format!("DHCP: renewing {} with {}", lease.address, path.target));
-    let request = encode(identity, xid, Request::Renew { address: lease.address }, false);
-    match exchange(path, &request, xid, &identity.mac, &[ACK, NAK], Some(4), log).await {
+    log(format!(
+        "DHCP: renewing {} with {}",
+        lease.address, path.target
+    ));
+    let request = encode(
+        identity,
+        xid,
+        Request::Renew {
+            address: lease.address,
+        },
+        false,
+    );
+    match exchange(
+        path,
+        &request,
+        xid,
+        &identity.mac,
+        &[ACK, NAK],
+        Some(4),
+        log,
+    )
+    .await
+    {
         Some((ack, from)) if ack.message_type == ACK => {
             let renewed = Lease::from_ack(&ack, server_hint(from));
-            log(format!("DHCP: renewed {} lease {}s", renewed.address, renewed.lease_secs));
+            log(format!(
+                "DHCP: renewed {} lease {}s",
+                renewed.address, renewed.lease_secs
+            ));
             Some(renewed)
         }
         Some(_) => {
@@ -307,7 +427,11 @@ mod tests {
     use rstest::rstest;
 
     fn identity() -> DhcpIdentity {
-        DhcpIdentity { mac: "00:1f:c1:10:d3:a9".parse().unwrap(), vendor_class: "Htek UC924".into(), hostname: "UC924-10D3A9".into() }
+        DhcpIdentity {
+            mac: "00:1f:c1:10:d3:a9".parse().unwrap(),
+            vendor_class: "Htek UC924".into(),
+            hostname: "UC924-10D3A9".into(),
+        }
     }
 
     #[test]
@@ -319,10 +443,25 @@ mod tests {
         assert_eq!(msg.chaddr(), &[0x00, 0x1f, 0xc1, 0x10, 0xd3, 0xa9]);
         let opts = msg.opts();
         assert_eq!(opts.msg_type(), Some(MessageType::Discover));
-        assert_eq!(opts.get(OptionCode::ClassIdentifier), Some(&DhcpOption::ClassIdentifier(b"Htek UC924".to_vec())));
-        assert_eq!(opts.get(OptionCode::ClientIdentifier), Some(&DhcpOption::ClientIdentifier(vec![1, 0x00, 0x1f, 0xc1, 0x10, 0xd3, 0xa9])));
-        assert_eq!(opts.get(OptionCode::Hostname), Some(&DhcpOption::Hostname("UC924-10D3A9".into())));
-        let Some(DhcpOption::ParameterRequestList(list)) = opts.get(OptionCode::ParameterRequestList) else { panic!("no option 55") };
+        assert_eq!(
+            opts.get(OptionCode::ClassIdentifier),
+            Some(&DhcpOption::ClassIdentifier(b"Htek UC924".to_vec()))
+        );
+        assert_eq!(
+            opts.get(OptionCode::ClientIdentifier),
+            Some(&DhcpOption::ClientIdentifier(vec![
+                1, 0x00, 0x1f, 0xc1, 0x10, 0xd3, 0xa9
+            ]))
+        );
+        assert_eq!(
+            opts.get(OptionCode::Hostname),
+            Some(&DhcpOption::Hostname("UC924-10D3A9".into()))
+        );
+        let Some(DhcpOption::ParameterRequestList(list)) =
+            opts.get(OptionCode::ParameterRequestList)
+        else {
+            panic!("no option 55")
+        };
         let codes: Vec<u8> = list.iter().map(|c| u8::from(*c)).collect();
         assert_eq!(codes, PARAMETER_REQUEST_LIST);
     }
@@ -333,8 +472,14 @@ mod tests {
         let server = Ipv4Addr::new(127, 0, 0, 1);
         let bytes = encode(&identity(), 1, Request::Select { offered, server }, false);
         let msg = v4::Message::decode(&mut dhcproto::Decoder::new(&bytes)).unwrap();
-        assert_eq!(msg.opts().get(OptionCode::RequestedIpAddress), Some(&DhcpOption::RequestedIpAddress(offered)));
-        assert_eq!(msg.opts().get(OptionCode::ServerIdentifier), Some(&DhcpOption::ServerIdentifier(server)));
+        assert_eq!(
+            msg.opts().get(OptionCode::RequestedIpAddress),
+            Some(&DhcpOption::RequestedIpAddress(offered))
+        );
+        assert_eq!(
+            msg.opts().get(OptionCode::ServerIdentifier),
+            Some(&DhcpOption::ServerIdentifier(server))
+        );
         let bytes = encode(&identity(), 2, Request::Renew { address: offered }, false);
         let msg = v4::Message::decode(&mut dhcproto::Decoder::new(&bytes)).unwrap();
         assert_eq!(msg.ciaddr(), offered);
@@ -359,7 +504,12 @@ mod tests {
 
     #[test]
     fn reply_with_option_150_as_a_string_still_decodes() {
-        let bytes = reply_with(&[(53, &[5]), (54, &[127, 0, 0, 1]), (51, &3600u32.to_be_bytes()), (150, b"tftp://127.0.0.1/cfg")]);
+        let bytes = reply_with(&[
+            (53, &[5]),
+            (54, &[127, 0, 0, 1]),
+            (51, &3600u32.to_be_bytes()),
+            (150, b"tftp://127.0.0.1/cfg"),
+        ]);
         let reply = decode_reply(&bytes).unwrap();
         assert_eq!(reply.message_type, ACK);
         let lease = Lease::from_ack(&reply, Ipv4Addr::UNSPECIFIED);

@@ -12,4 +12,9 @@ pub mod fetch;
 pub mod model;
 
 pub use config::{Placement, SimHostConfig, Timing, VirtualPhoneSpec};
+mod host;
+mod net;
+mod phone;
 pub mod vendor;
+
+pub use host::SimHost;

@@ -26,16 +26,49 @@ pub struct Model {
 }
 
 pub const MODELS: &[Model] = &[
-    Model { id: "htek-uc924", vendor: Vendor::Htek, name: "UC924", devcode: Some("0012"), fw_digits: Some("924") },
-    Model { id: "htek-uc926", vendor: Vendor::Htek, name: "UC926", devcode: Some("0013"), fw_digits: Some("926") },
-    Model { id: "htek-uc912", vendor: Vendor::Htek, name: "UC912", devcode: Some("0019"), fw_digits: Some("912") },
-    Model { id: "panasonic-kx-ut670", vendor: Vendor::Panasonic, name: "KX-UT670", devcode: None, fw_digits: None },
-    Model { id: "lvswitch-sip-h680", vendor: Vendor::Lvswitch, name: "SIP-H680", devcode: None, fw_digits: None },
+    Model {
+        id: "htek-uc924",
+        vendor: Vendor::Htek,
+        name: "UC924",
+        devcode: Some("0012"),
+        fw_digits: Some("924"),
+    },
+    Model {
+        id: "htek-uc926",
+        vendor: Vendor::Htek,
+        name: "UC926",
+        devcode: Some("0013"),
+        fw_digits: Some("926"),
+    },
+    Model {
+        id: "htek-uc912",
+        vendor: Vendor::Htek,
+        name: "UC912",
+        devcode: Some("0019"),
+        fw_digits: Some("912"),
+    },
+    Model {
+        id: "panasonic-kx-ut670",
+        vendor: Vendor::Panasonic,
+        name: "KX-UT670",
+        devcode: None,
+        fw_digits: None,
+    },
+    Model {
+        id: "lvswitch-sip-h680",
+        vendor: Vendor::Lvswitch,
+        name: "SIP-H680",
+        devcode: None,
+        fw_digits: None,
+    },
 ];
 
 impl Model {
     pub fn find(id: &str) -> Option<Model> {
-        MODELS.iter().copied().find(|m| m.id.eq_ignore_ascii_case(id))
+        MODELS
+            .iter()
+            .copied()
+            .find(|m| m.id.eq_ignore_ascii_case(id))
     }
 
     /// DHCP option 60 in the vendor's style.
@@ -74,8 +107,18 @@ mod tests {
 
     #[rstest]
     #[case("htek-uc924", "2.0.4.4.36", "Htek UC924 2.0.4.4.36", "Htek UC924")]
-    #[case("panasonic-kx-ut670", "01.133", "Panasonic-KX-UT670/01.133 (001a4d5c258d)", "Panasonic KX-UT670")]
-    #[case("lvswitch-sip-h680", "2.0.0.3", "Lvswitch SIP-H680 2.0.0.3", "Lvswitch SIP-H680")]
+    #[case(
+        "panasonic-kx-ut670",
+        "01.133",
+        "Panasonic-KX-UT670/01.133 (001a4d5c258d)",
+        "Panasonic KX-UT670"
+    )]
+    #[case(
+        "lvswitch-sip-h680",
+        "2.0.0.3",
+        "Lvswitch SIP-H680 2.0.0.3",
+        "Lvswitch SIP-H680"
+    )]
     fn identity_strings(#[case] id: &str, #[case] fw: &str, #[case] ua: &str, #[case] class: &str) {
         let model = Model::find(id).unwrap();
         let mac: Mac = "00:1a:4d:5c:25:8d".parse().unwrap();

@@ -20,9 +20,14 @@ async fn reply(reader: &mut BufReader<OwnedReadHalf>) -> Result<(u16, String), F
     let mut first_code: Option<String> = None;
     loop {
         let mut line = String::new();
-        let n = reader.read_line(&mut line).await.map_err(|e| FetchError::Failed(format!("FTP control: {e}")))?;
+        let n = reader
+            .read_line(&mut line)
+            .await
+            .map_err(|e| FetchError::Failed(format!("FTP control: {e}")))?;
         if n == 0 {
-            return Err(FetchError::Failed("FTP server closed the control connection".into()));
+            return Err(FetchError::Failed(
+                "FTP server closed the control connection".into(),
+            ));
         }
         let line = line.trim_end().to_owned();
         if line.len() < 3 || !line.is_char_boundary(3) {
@@ -33,7 +38,9 @@ async fn reply(reader: &mut BufReader<OwnedReadHalf>) -> Result<(u16, String), F
             None if line.as_bytes().get(3) == Some(&b'-') => first_code = Some(code.to_owned()),
             Some(c) if !(code == c && line.as_bytes().get(3) == Some(&b' ')) => {}
             _ => {
-                let number = code.parse().map_err(|_| FetchError::Failed(format!("FTP: bad reply `{line}`")))?;
+                let number = code
+                    .parse()
+                    .map_err(|_| FetchError::Failed(format!("FTP: bad reply `{line}`")))?;
                 return Ok((number, line[3..].trim().to_owned()));
             }
         }
@@ -42,7 +49,10 @@ async fn reply(reader: &mut BufReader<OwnedReadHalf>) -> Result<(u16, String), F
 
 impl Control {
     async fn command(&mut self, text: &str) -> Result<(u16, String), FetchError> {
-        self.writer.write_all(format!("{text}\r\n").as_bytes()).await.map_err(|e| FetchError::Failed(format!("FTP control: {e}")))?;
+        self.writer
+            .write_all(format!("{text}\r\n").as_bytes())
+            .await
+            .map_err(|e| FetchError::Failed(format!("FTP control: {e}")))?;
         reply(&mut self.reader).await
     }
 }
@@ -51,12 +61,18 @@ impl Control {
 pub fn parse_pasv(text: &str) -> Option<SocketAddr> {
     let start = text.find('(')?;
     let end = text[start..].find(')')? + start;
-    let numbers: Vec<u8> = text[start + 1..end].split(',').map(|n| n.trim().parse().ok()).collect::<Option<_>>()?;
+    let numbers: Vec<u8> = text[start + 1..end]
+        .split(',')
+        .map(|n| n.trim().parse().ok())
+        .collect::<Option<_>>()?;
     if numbers.len() != 6 {
         return None;
     }
     let ip = Ipv4Addr::new(numbers[0], numbers[1], numbers[2], numbers[3]);
-    Some(SocketAddr::new(IpAddr::V4(ip), u16::from(numbers[4]) << 8 | u16::from(numbers[5])))
+    Some(SocketAddr::new(
+        IpAddr::V4(ip),
+        u16::from(numbers[4]) << 8 | u16::from(numbers[5]),
+    ))
 }
 
 fn expect(step: &str, (code, text): (u16, String), ok: &[u16]) -> Result<(), FetchError> {
@@ -74,15 +90,29 @@ pub async fn get(fetcher: &Fetcher, url: &ServerUrl) -> Result<Vec<u8>, FetchErr
     let host = u.host_str().unwrap_or_default().to_owned();
     let port = u.port().unwrap_or(21);
     let stream = connect(fetcher, &host, port).await?;
-    let server_ip = stream.peer_addr().map_err(|e| FetchError::Failed(e.to_string()))?.ip();
+    let server_ip = stream
+        .peer_addr()
+        .map_err(|e| FetchError::Failed(e.to_string()))?
+        .ip();
     let (read, writer) = stream.into_split();
-    let mut control = Control { reader: BufReader::new(read), writer };
+    let mut control = Control {
+        reader: BufReader::new(read),
+        writer,
+    };
     expect("greeting", reply(&mut control.reader).await?, &[220])?;
-    let user = if u.username().is_empty() { "anonymous" } else { u.username() };
+    let user = if u.username().is_empty() {
+        "anonymous"
+    } else {
+        u.username()
+    };
     let (code, text) = control.command(&format!("USER {user}")).await?;
     if code == 331 {
         let password = u.password().unwrap_or("phone@");
-        expect("PASS", control.command(&format!("PASS {password}")).await?, &[230, 202])?;
+        expect(
+            "PASS",
+            control.command(&format!("PASS {password}")).await?,
+            &[230, 202],
+        )?;
     } else {
         expect("USER", (code, text), &[230])?;
     }
@@ -95,20 +125,31 @@ pub async fn get(fetcher: &Fetcher, url: &ServerUrl) -> Result<Vec<u8>, FetchErr
     };
     let (code, text) = control.command("PASV").await?;
     expect("PASV", (code, text.clone()), &[227])?;
-    let mut data_addr = parse_pasv(&text).ok_or_else(|| FetchError::Failed(format!("FTP: cannot read PASV reply `{text}`")))?;
+    let mut data_addr = parse_pasv(&text)
+        .ok_or_else(|| FetchError::Failed(format!("FTP: cannot read PASV reply `{text}`")))?;
     if data_addr.ip().is_unspecified() {
         data_addr.set_ip(server_ip);
     }
     let mut data_stream = connect(fetcher, &data_addr.ip().to_string(), data_addr.port()).await?;
-    expect("RETR", control.command(&format!("RETR {path}")).await?, &[125, 150])?;
+    expect(
+        "RETR",
+        control.command(&format!("RETR {path}")).await?,
+        &[125, 150],
+    )?;
     let mut data = Vec::new();
-    data_stream.read_to_end(&mut data).await.map_err(|e| FetchError::Failed(format!("FTP data: {e}")))?;
+    data_stream
+        .read_to_end(&mut data)
+        .await
+        .map_err(|e| FetchError::Failed(format!("FTP data: {e}")))?;
     drop(data_stream);
     let done = reply(&mut control.reader).await?;
     let _ = control.command("QUIT").await;
     if let Some(expected) = size {
         if expected != data.len() as u64 {
-            return Err(FetchError::Truncated { got: data.len() as u64, expected });
+            return Err(FetchError::Truncated {
+                got: data.len() as u64,
+                expected,
+            });
         }
     }
     expect("transfer", done, &[226, 250])?;

@@ -32,12 +32,32 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -61,15 +81,29 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
         .clone()
 }
 
-pub(crate) async fn connect(fetcher: &Fetcher, host: &str, port: u16) -> Result<TcpStream, FetchError> {
+pub(crate) async fn connect(
+    fetcher: &Fetcher,
+    host: &str,
+    port: u16,
+) -> Result<TcpStream, FetchError> {
     let addr = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| FetchError::Failed(format!("cannot resolve {host}: {e}")))?
         .find(|a| a.is_ipv4() == fetcher.local_ip.is_ipv4())
         .ok_or_else(|| FetchError::Failed(format!("{host} has no address")))?;
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(|e| FetchError::Failed(e.to_string()))?;
-    socket.bind((fetcher.local_ip, 0).into()).map_err(|e| FetchError::Failed(format!("bind {}: {e}", fetcher.local_ip)))?;
-    socket.connect(addr).await.map_err(|e| FetchError::Failed(format!("connect {addr}: {e}")))
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| FetchError::Failed(e.to_string()))?;
+    socket
+        .bind((fetcher.local_ip, 0).into())
+        .map_err(|e| FetchError::Failed(format!("bind {}: {e}", fetcher.local_ip)))?;
+    socket
+        .connect(addr)
+        .await
+        .map_err(|e| FetchError::Failed(format!("connect {addr}: {e}")))
 }
 
 fn basic_auth(user: &str, password: &str) -> String {
@@ -77,7 +111,11 @@ fn basic_auth(user: &str, password: &str) -> String {
     let input = format!("{user}:{password}");
     let mut out = String::new();
     for chunk in input.as_bytes().chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -97,7 +135,8 @@ pub async fn get(fetcher: &Fetcher, url: &ServerUrl) -> Result<Vec<u8>, FetchErr
     let port = u.port().unwrap_or(if tls { 443 } else { 80 });
     let stream = connect(fetcher, &host, port).await?;
     if tls {
-        let name = ServerName::try_from(host.clone()).map_err(|e| FetchError::Failed(format!("bad TLS server name {host}: {e}")))?;
+        let name = ServerName::try_from(host.clone())
+            .map_err(|e| FetchError::Failed(format!("bad TLS server name {host}: {e}")))?;
         let stream = tokio_rustls::TlsConnector::from(tls_config())
             .connect(name, stream)
             .await
@@ -108,10 +147,15 @@ pub async fn get(fetcher: &Fetcher, url: &ServerUrl) -> Result<Vec<u8>, FetchErr
     }
 }
 
-async fn request<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(fetcher: &Fetcher, url: &ServerUrl, stream: S) -> Result<Vec<u8>, FetchError> {
+async fn request<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    fetcher: &Fetcher,
+    url: &ServerUrl,
+    stream: S,
+) -> Result<Vec<u8>, FetchError> {
     let u = url.url();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| FetchError::Failed(format!("HTTP handshake: {e}")))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| FetchError::Failed(format!("HTTP handshake: {e}")))?;
     let driver = tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -123,15 +167,29 @@ async fn request<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(fetcher: &F
         Some(q) => format!("{}?{q}", u.path()),
         None => u.path().to_owned(),
     };
-    let mut builder = hyper::Request::get(path_and_query).header(HOST, host_header).header(USER_AGENT, &fetcher.user_agent);
+    let mut builder = hyper::Request::get(path_and_query)
+        .header(HOST, host_header)
+        .header(USER_AGENT, &fetcher.user_agent);
     if !u.username().is_empty() {
-        builder = builder.header(AUTHORIZATION, basic_auth(u.username(), u.password().unwrap_or_default()));
+        builder = builder.header(
+            AUTHORIZATION,
+            basic_auth(u.username(), u.password().unwrap_or_default()),
+        );
     }
-    let req = builder.body(Empty::<Bytes>::new()).map_err(|e| FetchError::Failed(e.to_string()))?;
+    let req = builder
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| FetchError::Failed(e.to_string()))?;
     let result = async {
-        let response = sender.send_request(req).await.map_err(|e| FetchError::Failed(format!("HTTP request: {e}")))?;
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(|e| FetchError::Failed(format!("HTTP request: {e}")))?;
         let status = response.status();
-        let announced: Option<u64> = response.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let announced: Option<u64> = response
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         if status == hyper::StatusCode::NOT_FOUND {
             return Err(FetchError::NotFound(format!("HTTP {status}")));
         }
@@ -149,7 +207,10 @@ async fn request<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(fetcher: &F
                 }
                 Err(error) => {
                     return Err(match announced {
-                        Some(expected) => FetchError::Truncated { got: data.len() as u64, expected },
+                        Some(expected) => FetchError::Truncated {
+                            got: data.len() as u64,
+                            expected,
+                        },
                         None => FetchError::Failed(format!("HTTP body: {error}")),
                     })
                 }
@@ -157,7 +218,10 @@ async fn request<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(fetcher: &F
         }
         if let Some(expected) = announced {
             if expected != data.len() as u64 {
-                return Err(FetchError::Truncated { got: data.len() as u64, expected });
+                return Err(FetchError::Truncated {
+                    got: data.len() as u64,
+                    expected,
+                });
             }
         }
         Ok(data)

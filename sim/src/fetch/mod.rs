@@ -59,13 +59,16 @@ impl ServerUrl {
             Some(at) => {
                 let scheme = &text[..at];
                 if Scheme::from_name(scheme).is_none() {
-                    return Err(format!("unsupported protocol `{scheme}` in `{text}` (tftp, http, https, ftp)"));
+                    return Err(format!(
+                        "unsupported protocol `{scheme}` in `{text}` (tftp, http, https, ftp)"
+                    ));
                 }
                 text.to_owned()
             }
             None => format!("{}://{text}", default.name()),
         };
-        let url = Url::parse(&full).map_err(|e| format!("`{text}` is not a server address: {e}"))?;
+        let url =
+            Url::parse(&full).map_err(|e| format!("`{text}` is not a server address: {e}"))?;
         if url.host_str().is_none_or(str::is_empty) {
             return Err(format!("`{text}` names no host"));
         }
@@ -100,7 +103,11 @@ impl ServerUrl {
     }
 
     pub fn file_name(&self) -> String {
-        self.path().rsplit('/').next().unwrap_or_default().to_owned()
+        self.path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
@@ -149,7 +156,11 @@ pub struct Fetcher {
 
 impl Fetcher {
     pub fn new(local_ip: IpAddr, user_agent: String) -> Fetcher {
-        Fetcher { local_ip, user_agent, timeout: Duration::from_secs(30) }
+        Fetcher {
+            local_ip,
+            user_agent,
+            timeout: Duration::from_secs(30),
+        }
     }
 
     pub async fn fetch(&self, url: &ServerUrl) -> Result<Vec<u8>, FetchError> {
@@ -162,7 +173,10 @@ impl Fetcher {
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(result) => result,
-            Err(_) => Err(FetchError::Failed(format!("timed out after {:?}", self.timeout))),
+            Err(_) => Err(FetchError::Failed(format!(
+                "timed out after {:?}",
+                self.timeout
+            ))),
         }
     }
 }
@@ -173,16 +187,66 @@ mod tests {
     use rstest::rstest;
 
     #[rstest]
-    #[case("tftp://192.168.1.240/cfg", Scheme::Http, Scheme::Tftp, "tftp://192.168.1.240/cfg/cfg0012.xml")]
-    #[case("http://192.168.1.240/cfg", Scheme::Http, Scheme::Http, "http://192.168.1.240/cfg/cfg0012.xml")]
-    #[case("https://prov.example.com:8443/p/", Scheme::Http, Scheme::Https, "https://prov.example.com:8443/p/cfg0012.xml")]
-    #[case("ftp://user:pw@198.18.0.1/htek", Scheme::Http, Scheme::Ftp, "ftp://user:pw@198.18.0.1/htek/cfg0012.xml")]
-    #[case("192.168.0.254/cfg", Scheme::Http, Scheme::Http, "http://192.168.0.254/cfg/cfg0012.xml")]
-    #[case("218.2.83.110", Scheme::Http, Scheme::Http, "http://218.2.83.110/cfg0012.xml")]
-    #[case("firmware.mycompany.com:5688/Htek", Scheme::Http, Scheme::Http, "http://firmware.mycompany.com:5688/Htek/cfg0012.xml")]
-    #[case("192.168.0.130", Scheme::Tftp, Scheme::Tftp, "tftp://192.168.0.130/cfg0012.xml")]
-    #[case("TFTP://127.0.0.1:6969", Scheme::Http, Scheme::Tftp, "tftp://127.0.0.1:6969/cfg0012.xml")]
-    fn scheme_selection_and_joining(#[case] text: &str, #[case] default: Scheme, #[case] scheme: Scheme, #[case] joined: &str) {
+    #[case(
+        "tftp://192.168.1.240/cfg",
+        Scheme::Http,
+        Scheme::Tftp,
+        "tftp://192.168.1.240/cfg/cfg0012.xml"
+    )]
+    #[case(
+        "http://192.168.1.240/cfg",
+        Scheme::Http,
+        Scheme::Http,
+        "http://192.168.1.240/cfg/cfg0012.xml"
+    )]
+    #[case(
+        "https://prov.example.com:8443/p/",
+        Scheme::Http,
+        Scheme::Https,
+        "https://prov.example.com:8443/p/cfg0012.xml"
+    )]
+    #[case(
+        "ftp://user:pw@198.18.0.1/htek",
+        Scheme::Http,
+        Scheme::Ftp,
+        "ftp://user:pw@198.18.0.1/htek/cfg0012.xml"
+    )]
+    #[case(
+        "192.168.0.254/cfg",
+        Scheme::Http,
+        Scheme::Http,
+        "http://192.168.0.254/cfg/cfg0012.xml"
+    )]
+    #[case(
+        "218.2.83.110",
+        Scheme::Http,
+        Scheme::Http,
+        "http://218.2.83.110/cfg0012.xml"
+    )]
+    #[case(
+        "firmware.mycompany.com:5688/Htek",
+        Scheme::Http,
+        Scheme::Http,
+        "http://firmware.mycompany.com:5688/Htek/cfg0012.xml"
+    )]
+    #[case(
+        "192.168.0.130",
+        Scheme::Tftp,
+        Scheme::Tftp,
+        "tftp://192.168.0.130/cfg0012.xml"
+    )]
+    #[case(
+        "TFTP://127.0.0.1:6969",
+        Scheme::Http,
+        Scheme::Tftp,
+        "tftp://127.0.0.1:6969/cfg0012.xml"
+    )]
+    fn scheme_selection_and_joining(
+        #[case] text: &str,
+        #[case] default: Scheme,
+        #[case] scheme: Scheme,
+        #[case] joined: &str,
+    ) {
         let server = ServerUrl::parse(text, default).unwrap();
         assert_eq!(server.scheme(), scheme);
         assert_eq!(server.file("cfg0012.xml").as_str(), joined);

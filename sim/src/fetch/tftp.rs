@@ -15,7 +15,14 @@ const WAIT: Duration = Duration::from_secs(1);
 
 pub fn read_request(file: &str) -> Vec<u8> {
     let mut packet = vec![0, 1];
-    for part in [file, "octet", "blksize", &REQUESTED_BLKSIZE.to_string(), "tsize", "0"] {
+    for part in [
+        file,
+        "octet",
+        "blksize",
+        &REQUESTED_BLKSIZE.to_string(),
+        "tsize",
+        "0",
+    ] {
         packet.extend_from_slice(part.as_bytes());
         packet.push(0);
     }
@@ -49,19 +56,34 @@ pub fn decode(bytes: &[u8]) -> Result<Packet<'_>, String> {
     }
     let opcode = u16::from_be_bytes([bytes[0], bytes[1]]);
     match opcode {
-        3 if bytes.len() >= 4 => Ok(Packet::Data { block: u16::from_be_bytes([bytes[2], bytes[3]]), data: &bytes[4..] }),
+        3 if bytes.len() >= 4 => Ok(Packet::Data {
+            block: u16::from_be_bytes([bytes[2], bytes[3]]),
+            data: &bytes[4..],
+        }),
         5 if bytes.len() >= 4 => {
             let code = u16::from_be_bytes([bytes[2], bytes[3]]);
-            let message = String::from_utf8_lossy(bytes[4..].split(|b| *b == 0).next().unwrap_or_default()).into_owned();
+            let message =
+                String::from_utf8_lossy(bytes[4..].split(|b| *b == 0).next().unwrap_or_default())
+                    .into_owned();
             Ok(Packet::Error { code, message })
         }
         6 => {
-            let body = bytes[2..].strip_suffix(&[0]).ok_or("OACK not NUL-terminated")?;
-            let parts: Vec<String> = body.split(|b| *b == 0).map(|p| String::from_utf8_lossy(p).to_ascii_lowercase()).collect();
+            let body = bytes[2..]
+                .strip_suffix(&[0])
+                .ok_or("OACK not NUL-terminated")?;
+            let parts: Vec<String> = body
+                .split(|b| *b == 0)
+                .map(|p| String::from_utf8_lossy(p).to_ascii_lowercase())
+                .collect();
             if parts.len() % 2 != 0 {
                 return Err("OACK with an option but no value".into());
             }
-            Ok(Packet::OptionAck(parts.chunks(2).map(|c| (c[0].clone(), c[1].clone())).collect()))
+            Ok(Packet::OptionAck(
+                parts
+                    .chunks(2)
+                    .map(|c| (c[0].clone(), c[1].clone()))
+                    .collect(),
+            ))
         }
         other => Err(format!("unexpected opcode {other}")),
     }
@@ -75,12 +97,18 @@ pub async fn get(fetcher: &Fetcher, url: &ServerUrl) -> Result<Vec<u8>, FetchErr
         .map_err(|e| FetchError::Failed(format!("cannot resolve {host}: {e}")))?
         .next()
         .ok_or_else(|| FetchError::Failed(format!("{host} has no address")))?;
-    let socket = UdpSocket::bind((fetcher.local_ip, 0)).await.map_err(|e| FetchError::Failed(format!("bind: {e}")))?;
+    let socket = UdpSocket::bind((fetcher.local_ip, 0))
+        .await
+        .map_err(|e| FetchError::Failed(format!("bind: {e}")))?;
     let request = read_request(&url.path());
     transfer(&socket, server, &request).await
 }
 
-async fn transfer(socket: &UdpSocket, server: SocketAddr, request: &[u8]) -> Result<Vec<u8>, FetchError> {
+async fn transfer(
+    socket: &UdpSocket,
+    server: SocketAddr,
+    request: &[u8],
+) -> Result<Vec<u8>, FetchError> {
     let mut blksize = 512usize;
     let mut tsize: Option<u64> = None;
     let mut peer: Option<SocketAddr> = None;
@@ -90,15 +118,23 @@ async fn transfer(socket: &UdpSocket, server: SocketAddr, request: &[u8]) -> Res
     let mut last_target = server;
     let mut buf = vec![0u8; 65_536];
     let mut retries = 0;
-    socket.send_to(&last_sent, last_target).await.map_err(|e| FetchError::Failed(format!("send: {e}")))?;
+    socket
+        .send_to(&last_sent, last_target)
+        .await
+        .map_err(|e| FetchError::Failed(format!("send: {e}")))?;
     loop {
         let (n, from) = match tokio::time::timeout(WAIT, socket.recv_from(&mut buf)).await {
             Err(_) => {
                 retries += 1;
                 if retries > RETRIES {
-                    return Err(FetchError::Failed(format!("no answer from {server} after {RETRIES} retries")));
+                    return Err(FetchError::Failed(format!(
+                        "no answer from {server} after {RETRIES} retries"
+                    )));
                 }
-                socket.send_to(&last_sent, last_target).await.map_err(|e| FetchError::Failed(format!("send: {e}")))?;
+                socket
+                    .send_to(&last_sent, last_target)
+                    .await
+                    .map_err(|e| FetchError::Failed(format!("send: {e}")))?;
                 continue;
             }
             Ok(Err(e)) => return Err(FetchError::Failed(format!("receive: {e}"))),
@@ -109,7 +145,9 @@ async fn transfer(socket: &UdpSocket, server: SocketAddr, request: &[u8]) -> Res
             None if from.ip() == server.ip() => peer = Some(from),
             Some(p) if p == from => {}
             _ => {
-                let _ = socket.send_to(&error_packet(5, "Unknown transfer ID"), from).await;
+                let _ = socket
+                    .send_to(&error_packet(5, "Unknown transfer ID"), from)
+                    .await;
                 continue;
             }
         }
@@ -117,7 +155,9 @@ async fn transfer(socket: &UdpSocket, server: SocketAddr, request: &[u8]) -> Res
         match decode(&buf[..n]) {
             Err(error) => {
                 let _ = socket.send_to(&error_packet(4, &error), from).await;
-                return Err(FetchError::Failed(format!("malformed packet from server: {error}")));
+                return Err(FetchError::Failed(format!(
+                    "malformed packet from server: {error}"
+                )));
             }
             Ok(Packet::Error { code, message }) => {
                 return Err(if code == 1 {
@@ -133,7 +173,9 @@ async fn transfer(socket: &UdpSocket, server: SocketAddr, request: &[u8]) -> Res
                             Ok(size) if (8..=REQUESTED_BLKSIZE).contains(&size) => blksize = size,
                             _ => {
                                 let _ = socket.send_to(&error_packet(8, "bad blksize"), from).await;
-                                return Err(FetchError::Failed(format!("server agreed to blksize {value}")));
+                                return Err(FetchError::Failed(format!(
+                                    "server agreed to blksize {value}"
+                                )));
                             }
                         },
                         "tsize" => tsize = value.parse().ok(),
@@ -142,32 +184,47 @@ async fn transfer(socket: &UdpSocket, server: SocketAddr, request: &[u8]) -> Res
                 }
                 last_sent = ack(0).to_vec();
                 last_target = from;
-                socket.send_to(&last_sent, from).await.map_err(|e| FetchError::Failed(format!("send: {e}")))?;
+                socket
+                    .send_to(&last_sent, from)
+                    .await
+                    .map_err(|e| FetchError::Failed(format!("send: {e}")))?;
             }
             Ok(Packet::OptionAck(_)) => {}
             Ok(Packet::Data { block, data: chunk }) => {
                 if block == expected {
                     if chunk.len() > blksize {
-                        return Err(FetchError::Failed(format!("block {block} has {} bytes, blksize {blksize}", chunk.len())));
+                        return Err(FetchError::Failed(format!(
+                            "block {block} has {} bytes, blksize {blksize}",
+                            chunk.len()
+                        )));
                     }
                     data.extend_from_slice(chunk);
                     last_sent = ack(block).to_vec();
                     last_target = from;
-                    socket.send_to(&last_sent, from).await.map_err(|e| FetchError::Failed(format!("send: {e}")))?;
+                    socket
+                        .send_to(&last_sent, from)
+                        .await
+                        .map_err(|e| FetchError::Failed(format!("send: {e}")))?;
                     expected = expected.wrapping_add(1);
                     if chunk.len() < blksize {
                         break;
                     }
                 } else if block == expected.wrapping_sub(1) {
                     // Our ACK was lost: acknowledge again.
-                    socket.send_to(&ack(block), from).await.map_err(|e| FetchError::Failed(format!("send: {e}")))?;
+                    socket
+                        .send_to(&ack(block), from)
+                        .await
+                        .map_err(|e| FetchError::Failed(format!("send: {e}")))?;
                 }
             }
         }
     }
     if let Some(size) = tsize {
         if size != data.len() as u64 {
-            return Err(FetchError::Truncated { got: data.len() as u64, expected: size });
+            return Err(FetchError::Truncated {
+                got: data.len() as u64,
+                expected: size,
+            });
         }
     }
     Ok(data)
@@ -179,16 +236,28 @@ mod tests {
 
     #[test]
     fn read_request_asks_octet_blksize_and_tsize() {
-        assert_eq!(read_request("cfg0012.xml"), b"\0\x01cfg0012.xml\0octet\0blksize\x001428\0tsize\x000\0".to_vec());
+        assert_eq!(
+            read_request("cfg0012.xml"),
+            b"\0\x01cfg0012.xml\0octet\0blksize\x001428\0tsize\x000\0".to_vec()
+        );
     }
 
     #[test]
     fn oack_and_error_decode() {
         assert_eq!(
             decode(b"\0\x06blksize\x001428\0tsize\x0042\0").unwrap(),
-            Packet::OptionAck(vec![("blksize".into(), "1428".into()), ("tsize".into(), "42".into())])
+            Packet::OptionAck(vec![
+                ("blksize".into(), "1428".into()),
+                ("tsize".into(), "42".into())
+            ])
         );
-        assert_eq!(decode(b"\0\x05\0\x01File not found\0").unwrap(), Packet::Error { code: 1, message: "File not found".into() });
+        assert_eq!(
+            decode(b"\0\x05\0\x01File not found\0").unwrap(),
+            Packet::Error {
+                code: 1,
+                message: "File not found".into()
+            }
+        );
         assert!(decode(b"\0\x06blksize\0").is_err());
         assert!(decode(b"\0").is_err());
     }
@@ -205,7 +274,11 @@ mod tests {
             let mut buf = [0u8; 600];
             let (_, client) = server.recv_from(&mut buf).await.unwrap();
             let transfer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            for (i, chunk) in content.chunks(512).chain(std::iter::once(&[][..])).enumerate() {
+            for (i, chunk) in content
+                .chunks(512)
+                .chain(std::iter::once(&[][..]))
+                .enumerate()
+            {
                 let mut packet = vec![0, 3];
                 packet.extend_from_slice(&((i + 1) as u16).to_be_bytes());
                 packet.extend_from_slice(chunk);
@@ -214,7 +287,9 @@ mod tests {
             }
         });
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let got = transfer(&client, server_addr, &read_request("f")).await.unwrap();
+        let got = transfer(&client, server_addr, &read_request("f"))
+            .await
+            .unwrap();
         assert_eq!(got, expected);
     }
 
@@ -226,13 +301,27 @@ mod tests {
             let mut buf = [0u8; 600];
             let (_, client) = server.recv_from(&mut buf).await.unwrap();
             let transfer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            transfer.send_to(b"\0\x06blksize\x00512\0tsize\x00900\0", client).await.unwrap();
+            transfer
+                .send_to(b"\0\x06blksize\x00512\0tsize\x00900\0", client)
+                .await
+                .unwrap();
             transfer.recv_from(&mut buf).await.unwrap();
-            transfer.send_to(b"\0\x03\0\x01short", client).await.unwrap();
+            transfer
+                .send_to(b"\0\x03\0\x01short", client)
+                .await
+                .unwrap();
             transfer.recv_from(&mut buf).await.unwrap();
         });
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let error = transfer(&client, server_addr, &read_request("f")).await.unwrap_err();
-        assert_eq!(error, FetchError::Truncated { got: 5, expected: 900 });
+        let error = transfer(&client, server_addr, &read_request("f"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error,
+            FetchError::Truncated {
+                got: 5,
+                expected: 900
+            }
+        );
     }
 }

@@ -52,7 +52,10 @@ pub fn parse_cfg(text: &str) -> (BTreeMap<String, String>, Vec<String>) {
         }
         match line.split_once('=') {
             Some((key, value)) if !key.trim().is_empty() && !key.trim().contains(' ') => {
-                values.insert(key.trim().to_owned(), value.trim().trim_matches('"').to_owned());
+                values.insert(
+                    key.trim().to_owned(),
+                    value.trim().trim_matches('"').to_owned(),
+                );
             }
             _ => ignored.push(format!("line {} ignored: `{line}`", index + 1)),
         }
@@ -197,7 +200,9 @@ pub fn account(values: &BTreeMap<String, String>) -> Option<H680Account> {
     }
     let server = get("account.1.sip_server.1.address")?;
     let user = get("account.1.user_name")?.to_owned();
-    let port = get("account.1.sip_server.1.port").and_then(|p| p.parse().ok()).unwrap_or(5060);
+    let port = get("account.1.sip_server.1.port")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5060);
     let auto_answer = get("account.1.auto_answer") == Some("1");
     Some(H680Account {
         server_host: server.to_owned(),
@@ -205,8 +210,14 @@ pub fn account(values: &BTreeMap<String, String>) -> Option<H680Account> {
         auth_user: get("account.1.auth_name").unwrap_or(&user).to_owned(),
         user,
         password: get("account.1.password").unwrap_or("").to_owned(),
-        expires_secs: get("account.1.sip_server.1.expires").and_then(|v| v.parse().ok()).unwrap_or(3600),
-        auto_answer_delay_secs: auto_answer.then(|| get("account.1.auto_answer_delay").and_then(|v| v.parse().ok()).unwrap_or(0)),
+        expires_secs: get("account.1.sip_server.1.expires")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3600),
+        auto_answer_delay_secs: auto_answer.then(|| {
+            get("account.1.auto_answer_delay")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        }),
     })
 }
 
@@ -218,7 +229,10 @@ mod tests {
     #[test]
     fn boot_file_lists_configs_in_order() {
         let text = "#!version:1.0.0.1\r\n## boot\r\ninclude:config \"common.cfg\"\r\ninclude:config \"$mac.cfg\"\r\ninclude:config account.cfg\r\noverwrite_mode = 1\r\n";
-        assert_eq!(parse_boot(text, "001a4d5c258d").unwrap(), ["common.cfg", "001a4d5c258d.cfg", "account.cfg"]);
+        assert_eq!(
+            parse_boot(text, "001a4d5c258d").unwrap(),
+            ["common.cfg", "001a4d5c258d.cfg", "account.cfg"]
+        );
     }
 
     #[rstest]
@@ -234,17 +248,26 @@ mod tests {
     fn cfg_lines() {
         let (values, ignored) = parse_cfg("#!version:1.0.0.1\n### 语言 ###\nlanguage_setting.languages = 0\nstatic.firmware.url = ftp://192.168.17.1/V2.0.0.3_T790_rootfs.sqhfs\naccount.1.user_name=4002\nnonsense\n");
         assert_eq!(values.get("language_setting.languages").unwrap(), "0");
-        assert_eq!(values.get("static.firmware.url").unwrap(), "ftp://192.168.17.1/V2.0.0.3_T790_rootfs.sqhfs");
+        assert_eq!(
+            values.get("static.firmware.url").unwrap(),
+            "ftp://192.168.17.1/V2.0.0.3_T790_rootfs.sqhfs"
+        );
         assert_eq!(values.get("account.1.user_name").unwrap(), "4002");
         assert_eq!(ignored.len(), 1);
     }
 
     #[test]
     fn action_url_variables_expand() {
-        let vars: Variables = [("mac", "001a4d5c258d"), ("ip", "127.1.0.3"), ("model", "SIP-H680"), ("display_local", "Front desk"), ("local", "4002")]
-            .into_iter()
-            .map(|(k, v)| (k, v.to_owned()))
-            .collect();
+        let vars: Variables = [
+            ("mac", "001a4d5c258d"),
+            ("ip", "127.1.0.3"),
+            ("model", "SIP-H680"),
+            ("display_local", "Front desk"),
+            ("local", "4002"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_owned()))
+        .collect();
         assert_eq!(
             expand("http://127.0.0.1:8080/action/registered?mac=$mac&ip=$ip&m=$model&d=$display_local&l=$local&r=$remote&x=$unknown", &vars),
             "http://127.0.0.1:8080/action/registered?mac=001a4d5c258d&ip=127.1.0.3&m=SIP-H680&d=Front%20desk&l=4002&r=&x=$unknown"
@@ -255,6 +278,13 @@ mod tests {
     fn account_keys() {
         let (values, _) = parse_cfg("account.1.sip_server.1.address = 127.0.0.1\naccount.1.sip_server.1.port = 5070\naccount.1.user_name = 4006\naccount.1.password = pw\naccount.1.auto_answer = 1\naccount.1.auto_answer_delay = 3\n");
         let account = account(&values).unwrap();
-        assert_eq!((account.server_port, account.auth_user.as_str(), account.auto_answer_delay_secs), (5070, "4006", Some(3)));
+        assert_eq!(
+            (
+                account.server_port,
+                account.auth_user.as_str(),
+                account.auto_answer_delay_secs
+            ),
+            (5070, "4006", Some(3))
+        );
     }
 }

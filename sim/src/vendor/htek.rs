@@ -11,7 +11,9 @@ use crate::dhcp::Lease;
 use crate::fetch::{Scheme, ServerUrl};
 
 /// 004 §3: the IV is fixed.
-pub const AES_IV: [u8; 16] = [0x0B, 0x1E, 0x1D, 0x00, 0x0F, 0x0B, 0x07, 0x09, 0x1D, 0x1F, 0x04, 0x07, 0x1F, 0x1E, 0x04, 0x07];
+pub const AES_IV: [u8; 16] = [
+    0x0B, 0x1E, 0x1D, 0x00, 0x0F, 0x0B, 0x07, 0x09, 0x1D, 0x1F, 0x04, 0x07, 0x1F, 0x1E, 0x04, 0x07,
+];
 
 /// P-codes the virtual phone acts on (004 and 000; account codes follow the
 /// Grandstream-derived numbering the Htek template uses).
@@ -52,10 +54,19 @@ pub enum ServerSource {
 /// 004 §7: DHCP option 128, then 150, then 66 (when P145 "Allow DHCP Option
 /// To Override Server" is not 0), else the Config Server Path P237. A bare
 /// address means HTTP, the phone's default protocol.
-pub fn config_server(lease: &Lease, flash: &BTreeMap<String, String>) -> Option<(ServerUrl, ServerSource)> {
-    let override_allowed = flash.get(p::DHCP_OPTION_OVERRIDE).is_none_or(|v| v.trim() != "0");
+pub fn config_server(
+    lease: &Lease,
+    flash: &BTreeMap<String, String>,
+) -> Option<(ServerUrl, ServerSource)> {
+    let override_allowed = flash
+        .get(p::DHCP_OPTION_OVERRIDE)
+        .is_none_or(|v| v.trim() != "0");
     if override_allowed {
-        let candidates = [(128u8, lease.text(128).into_iter().collect::<Vec<_>>()), (150, lease.option_150()), (66, lease.text(66).into_iter().collect())];
+        let candidates = [
+            (128u8, lease.text(128).into_iter().collect::<Vec<_>>()),
+            (150, lease.option_150()),
+            (66, lease.text(66).into_iter().collect()),
+        ];
         for (code, values) in candidates {
             for value in values {
                 if let Ok(url) = ServerUrl::parse(&value, Scheme::Http) {
@@ -65,22 +76,34 @@ pub fn config_server(lease: &Lease, flash: &BTreeMap<String, String>) -> Option<
         }
     }
     let path = flash.get(p::CONFIG_SERVER)?;
-    ServerUrl::parse(path, Scheme::Http).ok().map(|url| (url, ServerSource::Flash))
+    ServerUrl::parse(path, Scheme::Http)
+        .ok()
+        .map(|url| (url, ServerSource::Flash))
 }
 
 /// 004 §2.1 and §10: `cfg<devcode>.xml` → `cfg<mac>` → `cfg<mac>.xml`, with the P234/P235 prefix and postfix.
-pub fn config_files(devcode: &str, mac_lower: &str, flash: &BTreeMap<String, String>) -> Vec<String> {
+pub fn config_files(
+    devcode: &str,
+    mac_lower: &str,
+    flash: &BTreeMap<String, String>,
+) -> Vec<String> {
     let prefix = flash.get(p::CFG_PREFIX).map(String::as_str).unwrap_or("");
     let postfix = flash.get(p::CFG_POSTFIX).map(String::as_str).unwrap_or("");
-    [format!("cfg{devcode}.xml"), format!("cfg{mac_lower}"), format!("cfg{mac_lower}.xml")]
-        .into_iter()
-        .map(|base| format!("{prefix}{base}{postfix}"))
-        .collect()
+    [
+        format!("cfg{devcode}.xml"),
+        format!("cfg{mac_lower}"),
+        format!("cfg{mac_lower}.xml"),
+    ]
+    .into_iter()
+    .map(|base| format!("{prefix}{base}{postfix}"))
+    .collect()
 }
 
 /// 004 §6/§10: `fw924.rom` with the P232/P233 prefix and postfix, on the P192 server.
 pub fn firmware_url(fw_digits: &str, flash: &BTreeMap<String, String>) -> Option<ServerUrl> {
-    let server = flash.get(p::FIRMWARE_SERVER).filter(|s| !s.trim().is_empty())?;
+    let server = flash
+        .get(p::FIRMWARE_SERVER)
+        .filter(|s| !s.trim().is_empty())?;
     let default = match flash.get(p::UPGRADE_MODE).map(|v| v.trim()) {
         Some("0") => Scheme::Tftp,
         Some("2") => Scheme::Https,
@@ -89,7 +112,9 @@ pub fn firmware_url(fw_digits: &str, flash: &BTreeMap<String, String>) -> Option
     };
     let prefix = flash.get(p::FW_PREFIX).map(String::as_str).unwrap_or("");
     let postfix = flash.get(p::FW_POSTFIX).map(String::as_str).unwrap_or("");
-    ServerUrl::parse(server, default).ok().map(|url| url.file(&format!("{prefix}fw{fw_digits}.rom{postfix}")))
+    ServerUrl::parse(server, default)
+        .ok()
+        .map(|url| url.file(&format!("{prefix}fw{fw_digits}.rom{postfix}")))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,7 +143,9 @@ pub fn aes_key(text: &str) -> Result<[u8; 16], ConfigError> {
 
 pub fn decrypt(data: &[u8], key_text: &str) -> Result<Vec<u8>, ConfigError> {
     let key = aes_key(key_text)?;
-    cbc::Decryptor::<aes::Aes128>::new(&key.into(), &AES_IV.into()).decrypt_padded_vec_mut::<Pkcs7>(data).map_err(|_| ConfigError::Decrypt)
+    cbc::Decryptor::<aes::Aes128>::new(&key.into(), &AES_IV.into())
+        .decrypt_padded_vec_mut::<Pkcs7>(data)
+        .map_err(|_| ConfigError::Decrypt)
 }
 
 fn looks_like_xml(data: &[u8]) -> bool {
@@ -127,11 +154,16 @@ fn looks_like_xml(data: &[u8]) -> bool {
 }
 
 /// Plain or encrypted: an encrypted file is anything that does not start with `<`.
-pub fn open(data: &[u8], aes_key_text: Option<&str>) -> Result<BTreeMap<String, String>, ConfigError> {
+pub fn open(
+    data: &[u8],
+    aes_key_text: Option<&str>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
     if looks_like_xml(data) {
         return parse(data);
     }
-    let key = aes_key_text.filter(|k| !k.trim().is_empty()).ok_or(ConfigError::NoKey)?;
+    let key = aes_key_text
+        .filter(|k| !k.trim().is_empty())
+        .ok_or(ConfigError::NoKey)?;
     let plain = decrypt(data, key)?;
     parse(&plain)
 }
@@ -144,9 +176,13 @@ pub fn parse(data: &[u8]) -> Result<BTreeMap<String, String>, ConfigError> {
     let mut stack: Vec<String> = Vec::new();
     let mut text = String::new();
     let mut saw_root = false;
-    let is_pcode = |name: &str| name.len() > 1 && name.starts_with('P') && name[1..].chars().all(|c| c.is_ascii_digit());
+    let is_pcode = |name: &str| {
+        name.len() > 1 && name.starts_with('P') && name[1..].chars().all(|c| c.is_ascii_digit())
+    };
     loop {
-        let event = reader.read_event().map_err(|e| ConfigError::Format(e.to_string()))?;
+        let event = reader
+            .read_event()
+            .map_err(|e| ConfigError::Format(e.to_string()))?;
         match event {
             Event::Start(start) => {
                 let name = String::from_utf8_lossy(start.name().as_ref()).into_owned();
@@ -205,10 +241,23 @@ pub fn parse(data: &[u8]) -> Result<BTreeMap<String, String>, ConfigError> {
 /// The firmware image format the virtual phone accepts (docs/virtual-phones.md):
 /// first line `HTEK-FW <version>`, any padding, last line `END`.
 pub fn firmware_version(image: &[u8]) -> Result<String, String> {
-    let first_line_end = image.iter().position(|b| *b == b'\n').ok_or("no header line")?;
-    let header = String::from_utf8_lossy(&image[..first_line_end]).trim().to_owned();
-    let version = header.strip_prefix("HTEK-FW ").ok_or_else(|| format!("header `{header}` is not `HTEK-FW <version>`"))?.trim().to_owned();
-    if version.is_empty() || !version.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_') {
+    let first_line_end = image
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or("no header line")?;
+    let header = String::from_utf8_lossy(&image[..first_line_end])
+        .trim()
+        .to_owned();
+    let version = header
+        .strip_prefix("HTEK-FW ")
+        .ok_or_else(|| format!("header `{header}` is not `HTEK-FW <version>`"))?
+        .trim()
+        .to_owned();
+    if version.is_empty()
+        || !version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_')
+    {
         return Err(format!("bad version `{version}`"));
     }
     if !image.ends_with(b"END\n") {
@@ -229,14 +278,32 @@ pub struct HtekAccount {
 }
 
 pub fn account(flash: &BTreeMap<String, String>) -> Option<HtekAccount> {
-    if flash.get(p::SIP_REGISTRATION).is_some_and(|v| v.trim() == "0") {
+    if flash
+        .get(p::SIP_REGISTRATION)
+        .is_some_and(|v| v.trim() == "0")
+    {
         return None;
     }
-    let server = flash.get(p::SIP_SERVER).map(|s| s.trim()).filter(|s| !s.is_empty())?;
-    let user = flash.get(p::USER_ID).map(|s| s.trim()).filter(|s| !s.is_empty())?.to_owned();
+    let server = flash
+        .get(p::SIP_SERVER)
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())?;
+    let user = flash
+        .get(p::USER_ID)
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())?
+        .to_owned();
     let (host, port) = split_host_port(server, 5060)?;
-    let auth_user = flash.get(p::AUTH_ID).map(|s| s.trim()).filter(|s| !s.is_empty()).unwrap_or(&user).to_owned();
-    let minutes: u32 = flash.get(p::REGISTER_EXPIRATION).and_then(|v| v.trim().parse().ok()).unwrap_or(60);
+    let auth_user = flash
+        .get(p::AUTH_ID)
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .unwrap_or(&user)
+        .to_owned();
+    let minutes: u32 = flash
+        .get(p::REGISTER_EXPIRATION)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(60);
     Some(HtekAccount {
         server_host: host,
         server_port: port,
@@ -264,9 +331,16 @@ pub fn panic_button(flash: &BTreeMap<String, String>) -> Option<(u16, u16, Strin
     if function == 0 {
         return None;
     }
-    let mode: u16 = flash.get(p::PANIC_MODE).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    let mode: u16 = flash
+        .get(p::PANIC_MODE)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
     let value = flash.get(p::PANIC_VALUE).cloned().unwrap_or_default();
-    let account = flash.get(p::PANIC_ACCOUNT).and_then(|v| u8::from_str_radix(v.trim(), 16).ok()).filter(|a| *a < 16).unwrap_or(0);
+    let account = flash
+        .get(p::PANIC_ACCOUNT)
+        .and_then(|v| u8::from_str_radix(v.trim(), 16).ok())
+        .filter(|a| *a < 16)
+        .unwrap_or(0);
     Some((mode, function, value, account))
 }
 
@@ -276,7 +350,10 @@ mod tests {
     use rstest::rstest;
 
     fn flash(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn lease(options: &[(u8, &[u8])]) -> Lease {
@@ -318,8 +395,14 @@ mod tests {
         assert_eq!(values.get("P47").unwrap(), "127.0.0.1:5060");
         assert_eq!(values.get("P35").unwrap(), "4002");
         assert_eq!(open(encrypted, None), Err(ConfigError::NoKey));
-        assert_eq!(open(encrypted, Some("001FC1BD")).unwrap_err(), ConfigError::Decrypt);
-        assert!(matches!(open(encrypted, Some("XYZ")), Err(ConfigError::BadKey(_))));
+        assert_eq!(
+            open(encrypted, Some("001FC1BD")).unwrap_err(),
+            ConfigError::Decrypt
+        );
+        assert!(matches!(
+            open(encrypted, Some("XYZ")),
+            Err(ConfigError::BadKey(_))
+        ));
     }
 
     #[rstest]
@@ -337,7 +420,12 @@ mod tests {
     #[case(&[(66, b"192.168.1.240/cfg".as_slice())], &[("P237", "http://flash/cfg")], "http://192.168.1.240/cfg", ServerSource::DhcpOption(66))]
     #[case(&[(66, b"http://127.0.0.1/c66".as_slice())], &[("P145", "0"), ("P237", "tftp://flash/cfg")], "tftp://flash/cfg", ServerSource::Flash)]
     #[case(&[], &[("P237", "192.168.0.254/cfg")], "http://192.168.0.254/cfg", ServerSource::Flash)]
-    fn server_precedence(#[case] options: &[(u8, &[u8])], #[case] flash_pairs: &[(&str, &str)], #[case] url: &str, #[case] source: ServerSource) {
+    fn server_precedence(
+        #[case] options: &[(u8, &[u8])],
+        #[case] flash_pairs: &[(&str, &str)],
+        #[case] url: &str,
+        #[case] source: ServerSource,
+    ) {
         let (got, got_source) = config_server(&lease(options), &flash(flash_pairs)).unwrap();
         assert_eq!(got.as_str(), url);
         assert_eq!(got_source, source);
@@ -350,8 +438,18 @@ mod tests {
 
     #[test]
     fn file_names_in_order_with_prefix_and_postfix() {
-        assert_eq!(config_files("0012", "001fc110d3a9", &flash(&[])), ["cfg0012.xml", "cfg001fc110d3a9", "cfg001fc110d3a9.xml"]);
-        assert_eq!(config_files("0019", "001fc110d3a9", &flash(&[("P234", "hl_"), ("P235", "_cfg001")]))[1], "hl_cfg001fc110d3a9_cfg001");
+        assert_eq!(
+            config_files("0012", "001fc110d3a9", &flash(&[])),
+            ["cfg0012.xml", "cfg001fc110d3a9", "cfg001fc110d3a9.xml"]
+        );
+        assert_eq!(
+            config_files(
+                "0019",
+                "001fc110d3a9",
+                &flash(&[("P234", "hl_"), ("P235", "_cfg001")])
+            )[1],
+            "hl_cfg001fc110d3a9_cfg001"
+        );
     }
 
     #[rstest]
@@ -360,7 +458,12 @@ mod tests {
     #[case(&[("P192", "h"), ("P232", "hl_"), ("P233", "_1.0.3.73")], Some("http://h/hl_fw924.rom_1.0.3.73"))]
     #[case(&[], None)]
     fn firmware_urls(#[case] pairs: &[(&str, &str)], #[case] expected: Option<&str>) {
-        assert_eq!(firmware_url("924", &flash(pairs)).map(|u| u.as_str().to_owned()).as_deref(), expected);
+        assert_eq!(
+            firmware_url("924", &flash(pairs))
+                .map(|u| u.as_str().to_owned())
+                .as_deref(),
+            expected
+        );
     }
 
     #[rstest]
@@ -369,12 +472,21 @@ mod tests {
     #[case(b"JUNK 2.0\nEND\n".as_slice(), Err(()))]
     #[case(b"".as_slice(), Err(()))]
     fn firmware_images(#[case] image: &[u8], #[case] expected: Result<&str, ()>) {
-        assert_eq!(firmware_version(image).map_err(|_| ()), expected.map(str::to_owned));
+        assert_eq!(
+            firmware_version(image).map_err(|_| ()),
+            expected.map(str::to_owned)
+        );
     }
 
     #[test]
     fn account_from_pcodes() {
-        let account = account(&flash(&[("P47", "127.0.0.1:5062"), ("P35", "4002"), ("P34", "pw"), ("P32", "15")])).unwrap();
+        let account = account(&flash(&[
+            ("P47", "127.0.0.1:5062"),
+            ("P35", "4002"),
+            ("P34", "pw"),
+            ("P32", "15"),
+        ]))
+        .unwrap();
         assert_eq!(account.server_host, "127.0.0.1");
         assert_eq!(account.server_port, 5062);
         assert_eq!(account.auth_user, "4002");
@@ -385,7 +497,12 @@ mod tests {
     #[test]
     fn panic_button_codes() {
         assert_eq!(
-            panic_button(&flash(&[("P24962", "1"), ("P24944", "57"), ("P24945", "4004"), ("P24947", "A")])),
+            panic_button(&flash(&[
+                ("P24962", "1"),
+                ("P24944", "57"),
+                ("P24945", "4004"),
+                ("P24947", "A")
+            ])),
             Some((1, 57, "4004".into(), 10))
         );
         assert_eq!(panic_button(&flash(&[("P24944", "0")])), None);

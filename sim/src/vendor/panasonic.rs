@@ -53,7 +53,10 @@ pub struct ParsedFile {
 
 /// Plain text or XML, told apart by the first non-blank character.
 pub fn parse(data: &[u8]) -> Result<ParsedFile, FormatError> {
-    let start = data.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(0);
+    let start = data
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(0);
     if data.get(start) == Some(&b'<') {
         parse_xml(data)
     } else {
@@ -71,12 +74,21 @@ pub fn parse_plain(data: &[u8]) -> Result<ParsedFile, FormatError> {
     // `split` leaves the text after the last CRLF; it must be empty (the file
     // ends with a line terminator) and the line before it must be empty too
     // (the final empty line).
-    let (last, lines) = pieces.split_last().expect("split yields at least one piece");
-    if let Some(n) = lines.iter().position(|l| l.contains('\n') || l.contains('\r')) {
+    let (last, lines) = pieces
+        .split_last()
+        .expect("split yields at least one piece");
+    if let Some(n) = lines
+        .iter()
+        .position(|l| l.contains('\n') || l.contains('\r'))
+    {
         return Err(FormatError::NotCrlf(n + 1));
     }
     if !last.is_empty() {
-        return Err(if last.contains('\n') { FormatError::NotCrlf(lines.len() + 1) } else { FormatError::NoFinalEmptyLine });
+        return Err(if last.contains('\n') {
+            FormatError::NotCrlf(lines.len() + 1)
+        } else {
+            FormatError::NoFinalEmptyLine
+        });
     }
     if lines.last().is_none_or(|l| !l.is_empty()) {
         return Err(FormatError::NoFinalEmptyLine);
@@ -87,14 +99,18 @@ pub fn parse_plain(data: &[u8]) -> Result<ParsedFile, FormatError> {
     for (index, line) in lines.iter().enumerate() {
         let number = index + 1;
         if line.len() + 2 > MAX_LINE {
-            parsed.ignored.push(format!("line {number} ignored: {} bytes with CR LF, more than {MAX_LINE}", line.len() + 2));
+            parsed.ignored.push(format!(
+                "line {number} ignored: {} bytes with CR LF, more than {MAX_LINE}",
+                line.len() + 2
+            ));
             continue;
         }
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let (name, rest) = line.split_once('=').ok_or(FormatError::Syntax(number))?;
-        let valid_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let valid_name =
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid_name || !rest.starts_with('"') || !rest.ends_with('"') || rest.len() < 2 {
             return Err(FormatError::Syntax(number));
         }
@@ -106,7 +122,9 @@ pub fn parse_plain(data: &[u8]) -> Result<ParsedFile, FormatError> {
             return Err(FormatError::ValueTooLong(number));
         }
         if parsed.values.contains_key(name) {
-            parsed.ignored.push(format!("line {number} ignored: {name} repeated, the first value wins"));
+            parsed.ignored.push(format!(
+                "line {number} ignored: {name} repeated, the first value wins"
+            ));
         } else {
             parsed.values.insert(name.to_owned(), value.to_owned());
         }
@@ -126,7 +144,10 @@ pub fn parse_xml(data: &[u8]) -> Result<ParsedFile, FormatError> {
     let mut seen_magic = false;
     let mut seen_element = false;
     loop {
-        match reader.read_event().map_err(|e| FormatError::Xml(e.to_string()))? {
+        match reader
+            .read_event()
+            .map_err(|e| FormatError::Xml(e.to_string()))?
+        {
             Event::Comment(c) => {
                 if !seen_element && String::from_utf8_lossy(&c).contains(MAGIC) {
                     seen_magic = true;
@@ -143,7 +164,10 @@ pub fn parse_xml(data: &[u8]) -> Result<ParsedFile, FormatError> {
                     if name == "ID" {
                         continue;
                     }
-                    let value = attribute.normalized_value(quick_xml::XmlVersion::Implicit1_0).map_err(|e| FormatError::Xml(e.to_string()))?.into_owned();
+                    let value = attribute
+                        .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                        .map_err(|e| FormatError::Xml(e.to_string()))?
+                        .into_owned();
                     parsed.values.entry(name).or_insert(value);
                 }
             }
@@ -195,12 +219,21 @@ impl FileKind {
 }
 
 /// `{mac}` lower case, `{MAC}` upper case, `{MODEL}`, `{fwver}`; a trailing `/` gets the file kind's default name.
-pub fn expand_path(path: &str, kind: FileKind, mac_lower: &str, model: &str, firmware: &str) -> String {
+pub fn expand_path(
+    path: &str,
+    kind: FileKind,
+    mac_lower: &str,
+    model: &str,
+    firmware: &str,
+) -> String {
     let mut path = path.trim().to_owned();
     if path.ends_with('/') {
         path.push_str(kind.default_name());
     }
-    path.replace("{mac}", mac_lower).replace("{MAC}", &mac_lower.to_ascii_uppercase()).replace("{MODEL}", model).replace("{fwver}", firmware)
+    path.replace("{mac}", mac_lower)
+        .replace("{MAC}", &mac_lower.to_ascii_uppercase())
+        .replace("{MODEL}", model)
+        .replace("{fwver}", firmware)
 }
 
 /// Factory defaults the virtual phone acts on (§5.4.5; the real default
@@ -233,10 +266,15 @@ pub struct Layers {
 
 impl Layers {
     pub fn get(&self, name: &str) -> Option<String> {
-        [&self.standard, &self.product, &self.master, &self.pre_provisioning]
-            .iter()
-            .find_map(|layer| layer.get(name).cloned())
-            .or_else(|| factory_default(name).map(str::to_owned))
+        [
+            &self.standard,
+            &self.product,
+            &self.master,
+            &self.pre_provisioning,
+        ]
+        .iter()
+        .find_map(|layer| layer.get(name).cloned())
+        .or_else(|| factory_default(name).map(str::to_owned))
     }
 
     pub fn set(&mut self, kind: FileKind, values: BTreeMap<String, String>) {
@@ -248,7 +286,8 @@ impl Layers {
     }
 
     pub fn enabled(&self, name: &str) -> bool {
-        self.get(name).is_some_and(|v| v.trim().eq_ignore_ascii_case("Y"))
+        self.get(name)
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("Y"))
     }
 }
 
@@ -265,7 +304,10 @@ pub fn option66_host(value: &str) -> Result<String, String> {
         return Err("option 66 is empty".into());
     }
     if value.len() > 64 {
-        return Err(format!("option 66 FQDN is {} bytes, more than 64", value.len()));
+        return Err(format!(
+            "option 66 FQDN is {} bytes, more than 64",
+            value.len()
+        ));
     }
     Ok(value.to_owned())
 }
@@ -301,7 +343,10 @@ mod tests {
         let name = "N";
         let value = "v".repeat(MAX_LINE - 2 - name.len() - 3);
         let value = &value[..value.len().min(MAX_VALUE)];
-        assert!(parse_plain(&file(&format!("{name}=\"{value}\"\r\n\r\n"))).unwrap().values.contains_key(name));
+        assert!(parse_plain(&file(&format!("{name}=\"{value}\"\r\n\r\n")))
+            .unwrap()
+            .values
+            .contains_key(name));
     }
 
     /// One row per §5.2.1 rule that refuses a file.
@@ -330,27 +375,55 @@ mod tests {
 <PANASipPhoneConfig><X_P_IPTEL_Provisioning><ProvisionEnable PROVISION_ENABLE="Y"/><StandardFileURL CFG_STANDARD_FILE_PATH="http://h/Config{MAC}.cfg"/></X_P_IPTEL_Provisioning>
 <Line ID="1"><DirectoryNumber PHONE_NUMBER_1="4002"/></Line></PANASipPhoneConfig>"#;
         let parsed = parse(xml.as_bytes()).unwrap();
-        assert_eq!(parsed.values.get("CFG_STANDARD_FILE_PATH").unwrap(), "http://h/Config{MAC}.cfg");
+        assert_eq!(
+            parsed.values.get("CFG_STANDARD_FILE_PATH").unwrap(),
+            "http://h/Config{MAC}.cfg"
+        );
         assert_eq!(parsed.values.get("PHONE_NUMBER_1").unwrap(), "4002");
         assert!(!parsed.values.contains_key("ID"));
-        assert_eq!(parse(b"<?xml version=\"1.0\"?><PANASipPhoneConfig/>"), Err(FormatError::NoMagicLine));
+        assert_eq!(
+            parse(b"<?xml version=\"1.0\"?><PANASipPhoneConfig/>"),
+            Err(FormatError::NoMagicLine)
+        );
     }
 
     #[rstest]
-    #[case("http://prov/Config{MAC}.cfg", FileKind::Standard, "http://prov/Config0080F0123456.cfg")]
-    #[case("http://prov/Config{mac}.cfg", FileKind::Standard, "http://prov/Config0080f0123456.cfg")]
-    #[case("http://prov/dir/", FileKind::Standard, "http://prov/dir/Config0080f0123456.cfg")]
+    #[case(
+        "http://prov/Config{MAC}.cfg",
+        FileKind::Standard,
+        "http://prov/Config0080F0123456.cfg"
+    )]
+    #[case(
+        "http://prov/Config{mac}.cfg",
+        FileKind::Standard,
+        "http://prov/Config0080f0123456.cfg"
+    )]
+    #[case(
+        "http://prov/dir/",
+        FileKind::Standard,
+        "http://prov/dir/Config0080f0123456.cfg"
+    )]
     #[case("http://prov/dir/", FileKind::Product, "http://prov/dir/KX-UT670.cfg")]
     #[case("http://prov/dir/", FileKind::Master, "http://prov/dir/sip.cfg")]
-    #[case("tftp://prov/{MODEL}/{fwver}.cfg", FileKind::Product, "tftp://prov/KX-UT670/01.133.cfg")]
+    #[case(
+        "tftp://prov/{MODEL}/{fwver}.cfg",
+        FileKind::Product,
+        "tftp://prov/KX-UT670/01.133.cfg"
+    )]
     fn url_expansion(#[case] path: &str, #[case] kind: FileKind, #[case] expected: &str) {
-        assert_eq!(expand_path(path, kind, "0080f0123456", "KX-UT670", "01.133"), expected);
+        assert_eq!(
+            expand_path(path, kind, "0080f0123456", "KX-UT670", "01.133"),
+            expected
+        );
     }
 
     #[test]
     fn priority_standard_over_product_over_master_over_pre_provisioning_over_default() {
         let map = |v: &str| BTreeMap::from([("X".to_owned(), v.to_owned())]);
-        let mut layers = Layers { pre_provisioning: map("pre"), ..Layers::default() };
+        let mut layers = Layers {
+            pre_provisioning: map("pre"),
+            ..Layers::default()
+        };
         assert_eq!(layers.get("X").unwrap(), "pre");
         layers.set(FileKind::Master, map("master"));
         assert_eq!(layers.get("X").unwrap(), "master");
@@ -367,7 +440,11 @@ mod tests {
     #[case("check-sync;reboot=false", "check-sync", true)]
     #[case("resync", "check-sync", false)]
     #[case("resync", "resync", true)]
-    fn resync_event_matching(#[case] header: &str, #[case] configured: &str, #[case] expected: bool) {
+    fn resync_event_matching(
+        #[case] header: &str,
+        #[case] configured: &str,
+        #[case] expected: bool,
+    ) {
         assert_eq!(is_resync_event(header, configured), expected);
     }
 
