@@ -414,3 +414,48 @@ async fn power_cycle_releases_and_rebinds_the_sip_port() {
     assert!(!seen.iter().any(|m| m.method() == Some("BYE")));
     again.shutdown(false).await;
 }
+
+#[tokio::test]
+async fn forward_key_redirects_incoming_calls_with_302() {
+    let mut b = Bench::start("127.73.11", |_| {}).await;
+    let rtp = RtpPeer::bind("127.73.11.1").await;
+    b.phone.set_panic_button(Some(PanicButton {
+        mode: PanicMode::Normal,
+        function: 18,
+        value: "4010".into(),
+        account: 0,
+    }));
+    b.phone.panic_press().await.unwrap();
+    next_event(&mut b.events, "forward on", |e| {
+        *e == UaEvent::ForwardChanged {
+            target: Some("4010".into()),
+        }
+    })
+    .await;
+    let invite = OutRequest {
+        method: "INVITE",
+        from_user: "4006",
+        to_user: "4002",
+        call_id: "fw-1",
+        from_tag: "x",
+        to_tag: None,
+        cseq: 1,
+        extra: vec![],
+        body: Some(sdp(rtp.addr.ip(), rtp.addr.port(), "sendrecv")),
+    };
+    b.peer
+        .send(&invite.render(b.peer.addr, b.phone_addr), b.phone_addr)
+        .await;
+    let moved = b.peer.response(302, "INVITE").await;
+    assert!(moved
+        .header("Contact")
+        .unwrap()
+        .contains("sip:4010@pbx.test"));
+    b.phone.panic_press().await.unwrap();
+    next_event(&mut b.events, "forward off", |e| {
+        *e == UaEvent::ForwardChanged { target: None }
+    })
+    .await;
+    assert_eq!(b.phone.state().forward, None);
+    b.phone.shutdown(false).await;
+}
