@@ -474,7 +474,7 @@ impl Core {
                     if code >= 300 {
                         let ack = ack_for_failure(invite, &response);
                         let _ = self.send(&ack, dest, transport).await;
-                        let _ = events.send(InviteEvent::Response(response));
+                        let _ = events.send(InviteEvent::Response(Box::new(response)));
                         // Timer D: absorb retransmitted final responses.
                         let timer_d = tokio::time::Instant::now() + if transport.is_unreliable() { timers.timeout() } else { Duration::ZERO };
                         while let Ok(Some(_again)) = tokio::time::timeout_at(timer_d, responses.recv()).await {
@@ -482,7 +482,7 @@ impl Core {
                         }
                         return;
                     }
-                    let _ = events.send(InviteEvent::Response(response));
+                    let _ = events.send(InviteEvent::Response(Box::new(response)));
                     if code >= 200 {
                         return;
                     }
@@ -529,7 +529,7 @@ impl Core {
 /// What an INVITE client transaction reports.
 #[derive(Debug)]
 pub enum InviteEvent {
-    Response(SipMsg),
+    Response(Box<SipMsg>),
     Timeout,
     Failed(String),
 }

@@ -12,32 +12,40 @@ use crate::endpoint::Core;
 use crate::message::{new_branch, token, Builder, SipMsg, Transport};
 use crate::NotifyOutcome;
 
-/// The NOTIFY request (RFC 3265 §3.2 out of dialog, as Htek §8 and Panasonic §2.4.3.5 expect).
-/// Identity of one NOTIFY exchange: the retry after a challenge keeps Call-ID and From tag.
-pub(crate) struct NotifyIds<'a> {
+/// One NOTIFY exchange: the retry after a challenge keeps Call-ID and From tag.
+pub(crate) struct NotifyExchange<'a> {
+    pub uri: &'a str,
+    pub ext: &'a str,
+    pub event: &'a str,
     pub call_id: &'a str,
     pub from_tag: &'a str,
+    pub transport: Transport,
 }
 
+/// The NOTIFY request (RFC 3265 §3.2 out of dialog, as Htek §8 and Panasonic §2.4.3.5 expect).
 pub(crate) fn build(
     core: &Core,
-    uri: &str,
-    ext: &str,
-    event: &str,
-    ids: &NotifyIds,
+    exchange: &NotifyExchange,
     cseq: u32,
-    transport: Transport,
     authorization: Option<(&str, String)>,
 ) -> anyhow::Result<SipMsg> {
+    let NotifyExchange {
+        uri,
+        ext,
+        event,
+        call_id,
+        from_tag,
+        transport,
+    } = *exchange;
     let mut builder = Builder::new()
         .header("Via", core.via(transport, &new_branch()))
         .header("Max-Forwards", "70")
         .header(
             "From",
-            format!("<sip:phonerig@{}>;tag={}", core.domain, ids.from_tag),
+            format!("<sip:phonerig@{}>;tag={from_tag}", core.domain),
         )
         .header("To", format!("<sip:{ext}@{}>", core.domain))
-        .header("Call-ID", ids.call_id)
+        .header("Call-ID", call_id)
         .header("CSeq", format!("{cseq} NOTIFY"))
         .header("Contact", core.contact("phonerig", transport))
         .header("Event", event)
@@ -100,11 +108,15 @@ async fn exchange(
     transport: Transport,
 ) -> anyhow::Result<NotifyOutcome> {
     let from_tag = token(4);
-    let ids = NotifyIds {
+    let exchange = NotifyExchange {
+        uri,
+        ext: &phone.ext,
+        event,
         call_id,
         from_tag: &from_tag,
+        transport,
     };
-    let first = build(core, uri, &phone.ext, event, &ids, 1, transport, None)?;
+    let first = build(core, &exchange, 1, None)?;
     let Some(response) = core.non_invite(&first, dest, transport).await? else {
         return Ok(NotifyOutcome::Timeout);
     };
@@ -126,16 +138,7 @@ async fn exchange(
         return Ok(NotifyOutcome::Answered { code });
     };
     let authorization = challenge.answer(&phone.ext, &phone.password, "NOTIFY", uri, &token(8));
-    let second = build(
-        core,
-        uri,
-        &phone.ext,
-        event,
-        &ids,
-        2,
-        transport,
-        Some((answer_header, authorization)),
-    )?;
+    let second = build(core, &exchange, 2, Some((answer_header, authorization)))?;
     Ok(match core.non_invite(&second, dest, transport).await? {
         Some(response) => NotifyOutcome::Answered {
             code: response.status().unwrap_or(0),

@@ -345,27 +345,26 @@ impl Drop for RtpStream {
     }
 }
 
-/// `observed`: `received` (counted by the rig on arrival) or `sent` (what the rig sent).
-fn rtp_event(
-    kind: &str,
-    labels: &StreamLabels,
-    from: &str,
-    to: &str,
-    observed: &str,
-    packets: u64,
-    lost: u64,
-    jitter_ms: f64,
-) -> NewEvent {
+fn rtp_event(kind: &str, labels: &StreamLabels, flow: &Flow, stats: (u64, u64, f64)) -> NewEvent {
+    let (packets, lost, jitter_ms) = stats;
     NewEvent::new(Source::Rtp, kind)
         .phone(labels.phone.clone())
         .field("call_id", &labels.call_id)
-        .field("from", from)
-        .field("to", to)
-        .field("observed", observed)
+        .field("from", flow.from)
+        .field("to", flow.to)
+        .field("observed", flow.observed)
         .field("packets", packets)
         .field("lost", lost)
         .field("jitter_ms", jitter_ms)
         .field("dialog", &labels.dialog)
+}
+
+/// One direction of a call's media as events name it.
+struct Flow<'a> {
+    from: &'a str,
+    to: &'a str,
+    /// `received` (counted by the rig on arrival) or `sent` (what the rig sent).
+    observed: &'static str,
 }
 
 async fn receive_loop(
@@ -381,17 +380,17 @@ async fn receive_loop(
     let mut last_report = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
     let mut buf = vec![0u8; 2048];
-    let (from, to) = (labels.remote_ext.as_str(), labels.local_ext.as_str());
+    let flow = Flow {
+        from: &labels.remote_ext,
+        to: &labels.local_ext,
+        observed: "received",
+    };
     let event = |kind: &str, stats: &ReceiveStats| {
         rtp_event(
             kind,
             &labels,
-            from,
-            to,
-            "received",
-            stats.packets,
-            stats.lost(),
-            stats.jitter_ms(),
+            &flow,
+            (stats.packets, stats.lost(), stats.jitter_ms()),
         )
     };
     loop {
@@ -441,8 +440,12 @@ async fn send_loop(
     let mut last_report = Instant::now();
     let mut ticker = tokio::time::interval(PACKET_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (from, to) = (labels.local_ext.as_str(), labels.remote_ext.as_str());
-    let event = |kind: &str, sent: u64| rtp_event(kind, &labels, from, to, "sent", sent, 0, 0.0);
+    let flow = Flow {
+        from: &labels.local_ext,
+        to: &labels.remote_ext,
+        observed: "sent",
+    };
+    let event = |kind: &str, sent: u64| rtp_event(kind, &labels, &flow, (sent, 0, 0.0));
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,

@@ -17,7 +17,9 @@ use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 const WAIT: Duration = Duration::from_secs(10);
 
 fn register(local: &str, rig: &str, cseq: u32, expires: u32, auth: Option<String>) -> String {
-    let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
     format!(
         "REGISTER sip:{rig} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKreg{cseq}\r\nFrom: <sip:4002@{rig}>;tag=ph1\r\nTo: <sip:4002@{rig}>\r\n\
          Call-ID: reg-1@{local}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:4002@{local};transport=tcp>\r\nExpires: {expires}\r\n{auth}\
@@ -31,7 +33,10 @@ async fn read_message(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> SipMsg {
             return SipMsg::parse(&frame).unwrap();
         }
         let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.expect("response in time").unwrap();
+        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .unwrap();
         assert!(n > 0, "connection closed");
         buffer.extend_from_slice(&chunk[..n]);
     }
@@ -39,8 +44,17 @@ async fn read_message(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> SipMsg {
 
 #[tokio::test]
 async fn sha256_digest_registration_over_tcp_then_unregistration() {
-    let settings = Settings { auth: Some("sha-256".into()), ..Settings::default() };
-    let rig = rig("127.78.0.1", vec![phone("ut670", "4002", "0080f0a1b2c3")], settings, Timers::default()).await;
+    let settings = Settings {
+        auth: Some("sha-256".into()),
+        ..Settings::default()
+    };
+    let rig = rig(
+        "127.78.0.1",
+        vec![phone("ut670", "4002", "0080f0a1b2c3")],
+        settings,
+        Timers::default(),
+    )
+    .await;
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind("127.78.0.2:0".parse().unwrap()).unwrap();
     let mut stream = socket.connect(rig.addr).await.unwrap();
@@ -48,68 +62,152 @@ async fn sha256_digest_registration_over_tcp_then_unregistration() {
     let rig_host = rig.addr.to_string();
     let mut buffer = Vec::new();
 
-    stream.write_all(register(&local, &rig_host, 1, 300, None).as_bytes()).await.unwrap();
+    stream
+        .write_all(register(&local, &rig_host, 1, 300, None).as_bytes())
+        .await
+        .unwrap();
     let challenge_response = read_message(&mut stream, &mut buffer).await;
     assert_eq!(challenge_response.status(), Some(401));
-    let challenge = Challenge::parse(&challenge_response.header("www-authenticate").unwrap()).unwrap();
+    let challenge =
+        Challenge::parse(&challenge_response.header("www-authenticate").unwrap()).unwrap();
     assert_eq!(challenge.algorithm, Algorithm::Sha256);
 
     let uri = format!("sip:{rig_host}");
     let wrong = challenge.answer("4002", "not-the-password", "REGISTER", &uri, "c0");
-    stream.write_all(register(&local, &rig_host, 2, 300, Some(wrong)).as_bytes()).await.unwrap();
-    assert_eq!(read_message(&mut stream, &mut buffer).await.status(), Some(403));
+    stream
+        .write_all(register(&local, &rig_host, 2, 300, Some(wrong)).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(
+        read_message(&mut stream, &mut buffer).await.status(),
+        Some(403)
+    );
 
     let answer = challenge.answer("4002", "secret", "REGISTER", &uri, "c1");
-    stream.write_all(register(&local, &rig_host, 3, 300, Some(answer.clone())).as_bytes()).await.unwrap();
+    stream
+        .write_all(register(&local, &rig_host, 3, 300, Some(answer.clone())).as_bytes())
+        .await
+        .unwrap();
     let ok = read_message(&mut stream, &mut buffer).await;
     assert_eq!(ok.status(), Some(200));
     let registration = rig.handle.registration("4002").expect("registered");
     assert_eq!(registration.transport, Transport::Tcp);
     assert_eq!(registration.expires, 300);
-    assert_eq!(registration.contact, format!("sip:4002@{local};transport=tcp"));
+    assert_eq!(
+        registration.contact,
+        format!("sip:4002@{local};transport=tcp")
+    );
 
-    let event = rig.wait_for("sip.register ok", WAIT, |e| is(e, "sip.register", "result", "ok")).await;
+    let event = rig
+        .wait_for("sip.register ok", WAIT, |e| {
+            is(e, "sip.register", "result", "ok")
+        })
+        .await;
     assert_eq!(event.phone.as_deref(), Some("ut670"));
     assert_eq!(event.field_str("ua_vendor"), Some("Panasonic"));
     assert_eq!(event.field_str("ua_model"), Some("KX-UT670"));
     assert_eq!(event.field_str("ua_version"), Some("01.133"));
     assert_eq!(event.field_str("transport"), Some("tcp"));
-    let results: Vec<String> = rig.events("sip.register").iter().map(|e| e.field_str("result").unwrap().to_owned()).collect();
+    let results: Vec<String> = rig
+        .events("sip.register")
+        .iter()
+        .map(|e| e.field_str("result").unwrap().to_owned())
+        .collect();
     assert_eq!(results, ["challenged", "rejected", "ok"]);
 
     let unregister = challenge.answer("4002", "secret", "REGISTER", &uri, "c2");
-    stream.write_all(register(&local, &rig_host, 4, 0, Some(unregister)).as_bytes()).await.unwrap();
-    assert_eq!(read_message(&mut stream, &mut buffer).await.status(), Some(200));
+    stream
+        .write_all(register(&local, &rig_host, 4, 0, Some(unregister)).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(
+        read_message(&mut stream, &mut buffer).await.status(),
+        Some(200)
+    );
     assert!(rig.handle.registration("4002").is_none());
-    rig.wait_for("sip.register unregistered", WAIT, |e| is(e, "sip.register", "result", "unregistered")).await;
+    rig.wait_for("sip.register unregistered", WAIT, |e| {
+        is(e, "sip.register", "result", "unregistered")
+    })
+    .await;
     // Every message in and out was recorded with its raw text.
     let messages = rig.events("sip.message");
     assert_eq!(messages.len(), 8);
-    assert!(messages.iter().all(|e| e.field_str("raw").is_some_and(|r| r.starts_with(e.field_str("first_line").unwrap()))));
+    assert!(messages.iter().all(|e| e
+        .field_str("raw")
+        .is_some_and(|r| r.starts_with(e.field_str("first_line").unwrap()))));
     rig.stop().await;
 }
 
 #[tokio::test]
 async fn forced_rejection_and_endless_challenge() {
-    for (policy, code, result) in [(phonerig_sip::RegisterPolicy::Reject { code: 403 }, 403, "rejected"), (phonerig_sip::RegisterPolicy::ChallengeForever, 401, "challenged")] {
-        let settings = Settings { register: policy, ..Settings::default() };
-        let rig = rig(if code == 403 { "127.78.4.1" } else { "127.78.5.1" }, vec![phone("uc924", "4002", "001a4d5c258d")], settings, Timers::default()).await;
+    for (policy, code, result) in [
+        (
+            phonerig_sip::RegisterPolicy::Reject { code: 403 },
+            403,
+            "rejected",
+        ),
+        (
+            phonerig_sip::RegisterPolicy::ChallengeForever,
+            401,
+            "challenged",
+        ),
+    ] {
+        let settings = Settings {
+            register: policy,
+            ..Settings::default()
+        };
+        let rig = rig(
+            if code == 403 {
+                "127.78.4.1"
+            } else {
+                "127.78.5.1"
+            },
+            vec![phone("uc924", "4002", "001a4d5c258d")],
+            settings,
+            Timers::default(),
+        )
+        .await;
         let socket = TcpSocket::new_v4().unwrap();
-        socket.bind(format!("127.78.{}.2:0", if code == 403 { 4 } else { 5 }).parse().unwrap()).unwrap();
+        socket
+            .bind(
+                format!("127.78.{}.2:0", if code == 403 { 4 } else { 5 })
+                    .parse()
+                    .unwrap(),
+            )
+            .unwrap();
         let mut stream = socket.connect(rig.addr).await.unwrap();
         let local = stream.local_addr().unwrap().to_string();
         let rig_host = rig.addr.to_string();
         let mut buffer = Vec::new();
-        stream.write_all(register(&local, &rig_host, 1, 300, None).as_bytes()).await.unwrap();
+        stream
+            .write_all(register(&local, &rig_host, 1, 300, None).as_bytes())
+            .await
+            .unwrap();
         let first = read_message(&mut stream, &mut buffer).await;
         assert_eq!(first.status(), Some(code));
         if let Some(challenge) = first.header("www-authenticate") {
-            let answer = Challenge::parse(&challenge).unwrap().answer("4002", "secret", "REGISTER", &format!("sip:{rig_host}"), "c");
-            stream.write_all(register(&local, &rig_host, 2, 300, Some(answer)).as_bytes()).await.unwrap();
-            assert_eq!(read_message(&mut stream, &mut buffer).await.status(), Some(401), "challenged again despite right credentials");
+            let answer = Challenge::parse(&challenge).unwrap().answer(
+                "4002",
+                "secret",
+                "REGISTER",
+                &format!("sip:{rig_host}"),
+                "c",
+            );
+            stream
+                .write_all(register(&local, &rig_host, 2, 300, Some(answer)).as_bytes())
+                .await
+                .unwrap();
+            assert_eq!(
+                read_message(&mut stream, &mut buffer).await.status(),
+                Some(401),
+                "challenged again despite right credentials"
+            );
         }
         assert!(rig.handle.registration("4002").is_none());
-        assert!(rig.events("sip.register").iter().all(|e| e.field_str("result") == Some(result)));
+        assert!(rig
+            .events("sip.register")
+            .iter()
+            .all(|e| e.field_str("result") == Some(result)));
         rig.stop().await;
     }
 }
@@ -118,9 +216,14 @@ async fn forced_rejection_and_endless_challenge() {
 async fn malformed_datagrams_are_recorded_and_the_service_goes_on() {
     let rig = rig("127.78.1.1", vec![], Settings::default(), Timers::default()).await;
     let client = UdpSocket::bind("127.78.1.2:0").await.unwrap();
-    client.send_to(b"\x00\x01garbage that is not SIP\r\n\r\n", rig.addr).await.unwrap();
+    client
+        .send_to(b"\x00\x01garbage that is not SIP\r\n\r\n", rig.addr)
+        .await
+        .unwrap();
     client.send_to(b"OPTIONS sip:4004@127.78.1.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.78.1.2;branch=z9hG4bKx\r\n\r\n", rig.addr).await.unwrap();
-    let event = rig.wait_for("sip.malformed", WAIT, |e| e.kind == "sip.malformed").await;
+    let event = rig
+        .wait_for("sip.malformed", WAIT, |e| e.kind == "sip.malformed")
+        .await;
     assert_eq!(event.field_str("transport"), Some("udp"));
     let local = client.local_addr().unwrap();
     let options = format!(
@@ -128,7 +231,10 @@ async fn malformed_datagrams_are_recorded_and_the_service_goes_on() {
     );
     client.send_to(options.as_bytes(), rig.addr).await.unwrap();
     let mut buf = vec![0u8; 4096];
-    let (n, _) = tokio::time::timeout(WAIT, client.recv_from(&mut buf)).await.unwrap().unwrap();
+    let (n, _) = tokio::time::timeout(WAIT, client.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let response = SipMsg::parse(&buf[..n]).unwrap();
     assert_eq!(response.status(), Some(200));
     assert_eq!(rig.events("sip.malformed").len(), 2);
@@ -138,25 +244,52 @@ async fn malformed_datagrams_are_recorded_and_the_service_goes_on() {
 #[tokio::test]
 async fn notify_answers_a_digest_challenge_with_the_phones_credentials() {
     let uc924 = phone("uc924", "4002", "001a4d5c258d");
-    let rig = rig("127.78.2.1", vec![uc924.clone()], Settings::default(), Timers::default()).await;
+    let rig = rig(
+        "127.78.2.1",
+        vec![uc924.clone()],
+        Settings::default(),
+        Timers::default(),
+    )
+    .await;
     let fake_phone = UdpSocket::bind("127.78.2.2:5062").await.unwrap();
     let target = fake_phone.local_addr().unwrap();
     let handle = rig.handle.clone();
-    let sent = tokio::spawn(async move { handle.notify(&uc924, "check-sync;reboot=true", Some(target)).await });
+    let sent = tokio::spawn(async move {
+        handle
+            .notify(&uc924, "check-sync;reboot=true", Some(target))
+            .await
+    });
 
     let mut buf = vec![0u8; 4096];
-    let (n, from) = tokio::time::timeout(WAIT, fake_phone.recv_from(&mut buf)).await.unwrap().unwrap();
+    let (n, from) = tokio::time::timeout(WAIT, fake_phone.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let first = SipMsg::parse(&buf[..n]).unwrap();
     assert_eq!(first.method(), "NOTIFY");
-    assert_eq!(first.header("event").as_deref(), Some("check-sync;reboot=true"));
-    assert_eq!(first.header("subscription-state").as_deref(), Some("terminated"));
+    assert_eq!(
+        first.header("event").as_deref(),
+        Some("check-sync;reboot=true")
+    );
+    assert_eq!(
+        first.header("subscription-state").as_deref(),
+        Some("terminated")
+    );
     assert_eq!(first.header("content-length").as_deref(), Some("0"));
     let challenge = phonerig_sip::digest::challenge("uc924", "phone-nonce", Algorithm::Sha256);
-    let unauthorized = phonerig_sip::message::response_to(&first, Some("pt")).header("WWW-Authenticate", challenge).response(401);
-    fake_phone.send_to(unauthorized.raw.as_bytes(), from).await.unwrap();
+    let unauthorized = phonerig_sip::message::response_to(&first, Some("pt"))
+        .header("WWW-Authenticate", challenge)
+        .response(401);
+    fake_phone
+        .send_to(unauthorized.raw.as_bytes(), from)
+        .await
+        .unwrap();
 
     let second = loop {
-        let (n, _) = tokio::time::timeout(WAIT, fake_phone.recv_from(&mut buf)).await.unwrap().unwrap();
+        let (n, _) = tokio::time::timeout(WAIT, fake_phone.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         let msg = SipMsg::parse(&buf[..n]).unwrap();
         if msg.cseq().map(|c| c.0) == Some(2) {
             break msg;
@@ -170,8 +303,13 @@ async fn notify_answers_a_digest_challenge_with_the_phones_credentials() {
     let ok = phonerig_sip::message::response_to(&second, Some("pt")).response(200);
     fake_phone.send_to(ok.raw.as_bytes(), from).await.unwrap();
 
-    assert_eq!(sent.await.unwrap().unwrap(), NotifyOutcome::Answered { code: 200 });
-    let event = rig.wait_for("sip.notify", WAIT, |e| e.kind == "sip.notify").await;
+    assert_eq!(
+        sent.await.unwrap().unwrap(),
+        NotifyOutcome::Answered { code: 200 }
+    );
+    let event = rig
+        .wait_for("sip.notify", WAIT, |e| e.kind == "sip.notify")
+        .await;
     assert_eq!(event.field_str("outcome"), Some("answered"));
     assert_eq!(event.field_u64("code"), Some(200));
     assert_eq!(event.field_str("event"), Some("check-sync;reboot=true"));
@@ -182,22 +320,43 @@ async fn notify_answers_a_digest_challenge_with_the_phones_credentials() {
 #[tokio::test]
 async fn unanswered_notify_is_retransmitted_with_backoff_then_times_out() {
     let uc924 = phone("uc924", "4002", "001a4d5c258d");
-    let rig = rig("127.78.3.1", vec![uc924.clone()], Settings::default(), fast_timers()).await;
+    let rig = rig(
+        "127.78.3.1",
+        vec![uc924.clone()],
+        Settings::default(),
+        fast_timers(),
+    )
+    .await;
     let silent_phone = UdpSocket::bind("127.78.3.2:5062").await.unwrap();
     let target = silent_phone.local_addr().unwrap();
-    let outcome = rig.handle.notify(&uc924, "resync", Some(target)).await.unwrap();
+    let outcome = rig
+        .handle
+        .notify(&uc924, "resync", Some(target))
+        .await
+        .unwrap();
     assert_eq!(outcome, NotifyOutcome::Timeout);
 
     let mut branches = Vec::new();
     let mut buf = vec![0u8; 4096];
-    while let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(100), silent_phone.recv_from(&mut buf)).await {
+    while let Ok(Ok((n, _))) =
+        tokio::time::timeout(Duration::from_millis(100), silent_phone.recv_from(&mut buf)).await
+    {
         branches.push(SipMsg::parse(&buf[..n]).unwrap().branch().unwrap());
     }
     // 64·T1 = 1280 ms with intervals 20, 40, 80, 160, 160 … ms: about eleven
     // sends. Without backoff there would be 64, without retransmission one.
-    assert!((6..=16).contains(&branches.len()), "{} transmissions", branches.len());
-    assert!(branches.iter().all(|b| *b == branches[0]), "retransmissions keep the branch");
-    let event = rig.wait_for("sip.notify", WAIT, |e| e.kind == "sip.notify").await;
+    assert!(
+        (6..=16).contains(&branches.len()),
+        "{} transmissions",
+        branches.len()
+    );
+    assert!(
+        branches.iter().all(|b| *b == branches[0]),
+        "retransmissions keep the branch"
+    );
+    let event = rig
+        .wait_for("sip.notify", WAIT, |e| e.kind == "sip.notify")
+        .await;
     assert_eq!(event.field_str("outcome"), Some("timeout"));
     assert_eq!(rig.events("sip.message").len(), branches.len());
     rig.stop().await;
@@ -206,7 +365,13 @@ async fn unanswered_notify_is_retransmitted_with_backoff_then_times_out() {
 #[tokio::test]
 async fn notify_to_an_unregistered_phone_without_target_is_an_error() {
     let uc924 = phone("uc924", "4002", "001a4d5c258d");
-    let rig = rig("127.78.6.1", vec![uc924.clone()], Settings::default(), Timers::default()).await;
+    let rig = rig(
+        "127.78.6.1",
+        vec![uc924.clone()],
+        Settings::default(),
+        Timers::default(),
+    )
+    .await;
     assert!(rig.handle.notify(&uc924, "check-sync", None).await.is_err());
     rig.stop().await;
 }

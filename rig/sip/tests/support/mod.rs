@@ -6,8 +6,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use phonerig_core::{Event, PhoneDirectory, PhoneInfo, Placeholders, ProvisioningTree, RunningService, ServiceContext, Timeline};
-use phonerig_sip::{SipConfig, SipHandle, Settings, Timers};
+use phonerig_core::{
+    Event, PhoneDirectory, PhoneInfo, Placeholders, ProvisioningTree, RunningService,
+    ServiceContext, Timeline,
+};
+use phonerig_sip::{Settings, SipConfig, SipHandle, Timers};
 use tokio_util::sync::CancellationToken;
 
 pub fn phone(name: &str, ext: &str, mac: &str) -> PhoneInfo {
@@ -32,7 +35,10 @@ pub struct Rig {
 
 /// Short timers so timeouts take a fraction of a second (64·T1 = 1.28 s).
 pub fn fast_timers() -> Timers {
-    Timers { t1: Duration::from_millis(20), t2: Duration::from_millis(160) }
+    Timers {
+        t1: Duration::from_millis(20),
+        t2: Duration::from_millis(160),
+    }
 }
 
 pub async fn rig(ip: &str, phones: Vec<PhoneInfo>, settings: Settings, timers: Timers) -> Rig {
@@ -48,29 +54,58 @@ pub async fn rig(ip: &str, phones: Vec<PhoneInfo>, settings: Settings, timers: T
         tree: ProvisioningTree::new(None, Vec::new(), Placeholders::new(), directory.clone()),
         shutdown: shutdown.clone(),
     };
-    let config = SipConfig { port: 5060, tcp: true, domain: None, rtp_ports: 42000..=42099, max_calls: 4, timers };
-    let (service, handle) = phonerig_sip::start(ctx, config, settings).await.expect("sip service starts");
-    Rig { timeline, handle, addr: SocketAddr::new(ip, 5060), shutdown, service: Some(service), directory }
+    let config = SipConfig {
+        port: 5060,
+        tcp: true,
+        domain: None,
+        rtp_ports: 42000..=42099,
+        max_calls: 4,
+        timers,
+    };
+    let (service, handle) = phonerig_sip::start(ctx, config, settings)
+        .await
+        .expect("sip service starts");
+    Rig {
+        timeline,
+        handle,
+        addr: SocketAddr::new(ip, 5060),
+        shutdown,
+        service: Some(service),
+        directory,
+    }
 }
 
 impl Rig {
     /// Waits until an event matching `pred` is on the timeline (searching from the start).
-    pub async fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Event) -> bool) -> Arc<Event> {
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Event) -> bool,
+    ) -> Arc<Event> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(found) = self.timeline.snapshot().into_iter().find(|e| pred(e)) {
                 return found;
             }
             if tokio::time::Instant::now() > deadline {
-                let seen: Vec<String> = self.timeline.snapshot().iter().map(|e| e.brief()).collect();
-                panic!("no {what} within {timeout:?}; timeline:\n{}", seen.join("\n"));
+                let seen: Vec<String> =
+                    self.timeline.snapshot().iter().map(|e| e.brief()).collect();
+                panic!(
+                    "no {what} within {timeout:?}; timeline:\n{}",
+                    seen.join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     pub fn events(&self, kind: &str) -> Vec<Arc<Event>> {
-        self.timeline.snapshot().into_iter().filter(|e| e.kind == kind).collect()
+        self.timeline
+            .snapshot()
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .collect()
     }
 
     pub async fn stop(mut self) {
