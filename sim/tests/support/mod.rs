@@ -342,6 +342,7 @@ pub struct SipSeen {
     pub method: String,
     pub user_agent: String,
     pub expires: Option<u32>,
+    pub from: String,
 }
 
 pub struct TestSip {
@@ -387,6 +388,7 @@ impl TestSip {
                     method: method.clone(),
                     user_agent: header(&text, "User-Agent").unwrap_or("").to_owned(),
                     expires,
+                    from: header(&text, "From").unwrap_or("").to_owned(),
                 });
                 let mut response = String::from("SIP/2.0 200 OK\r\n");
                 for name in ["Via", "From", "Call-ID", "CSeq"] {
