@@ -459,3 +459,36 @@ async fn forward_key_redirects_incoming_calls_with_302() {
     assert_eq!(b.phone.state().forward, None);
     b.phone.shutdown(false).await;
 }
+
+#[tokio::test]
+async fn unacknowledged_200_is_repeated_then_the_call_is_given_up() {
+    let b = Bench::start("127.73.12", |c| {
+        c.t1 = Duration::from_millis(20);
+        c.t2 = Duration::from_millis(160);
+    })
+    .await;
+    let rtp = RtpPeer::bind("127.73.12.1").await;
+    b.call_phone("4006", "noack-1", rtp.addr, vec![]).await;
+    b.phone.key(Key::Answer).await.unwrap();
+    // The peer never ACKs: the 200 comes again and again, then the phone hangs up.
+    let bye = b.peer.request_in("BYE", "noack-1").await;
+    let oks: Vec<_> = b
+        .peer
+        .drain(Duration::ZERO)
+        .await
+        .into_iter()
+        .filter(|m| m.code() == Some(200) && m.call_id() == "noack-1")
+        .collect();
+    assert!(oks.len() >= 3, "200 OK retransmitted, got {}", oks.len());
+    assert!(
+        oks.iter().all(|m| m.body() == oks[0].body()),
+        "the same 200 each time"
+    );
+    assert!(bye.header("To").unwrap().contains("tag=peer-tag"));
+    assert!(
+        b.console.contains("no ACK for 200 OK"),
+        "{}",
+        b.console.dump()
+    );
+    b.phone.shutdown(false).await;
+}

@@ -778,7 +778,7 @@ impl Inner {
                     if let Some(Ok(answer)) = parse_sdp_body(&resp) {
                         call.take_remote_sdp(&answer);
                     }
-                    let ack = inner.dialog_request_for_ack(call, &sent, &resp);
+                    let ack = inner.ack_for_2xx(call, &sent);
                     inner.transmit(&ack, call.peer);
                     call.last_ack = Some(ack);
                     Self::refresh_media(m);
@@ -795,22 +795,17 @@ impl Inner {
         });
     }
 
-    /// ACK for a 2xx to our (re-)INVITE: a new transaction with the INVITE's CSeq.
-    fn dialog_request_for_ack(
-        &self,
-        call: &mut Call,
-        invite: &SipMessage,
-        resp: &SipMessage,
-    ) -> Vec<u8> {
+    /// ACK for a 2xx to our (re-)INVITE: a new transaction with the INVITE's CSeq,
+    /// carrying the INVITE's credentials (RFC 3261 §13.2.2.4).
+    fn ack_for_2xx(&self, call: &mut Call, invite: &SipMessage) -> Vec<u8> {
         let mut ack = self.dialog_request(call, "ACK");
         let n = invite.cseq().map(|(n, _)| n).unwrap_or(call.local_cseq);
         ack.set_header("CSeq", format!("{n} ACK"));
-        for h in ["authorization", "proxy-authorization"] {
-            if let Some(v) = invite.header(h) {
-                ack.add_header(h, v);
+        for name in ["Authorization", "Proxy-Authorization"] {
+            if let Some(v) = invite.header(name) {
+                ack.add_header(name, v);
             }
         }
-        let _ = resp;
         ack.to_bytes()
     }
 
@@ -1024,7 +1019,7 @@ impl Inner {
             }
             let call = &mut m.calls[idx];
             call.status = CallStatus::Established;
-            let ack = inner.dialog_request_for_ack(call, invite, &resp);
+            let ack = inner.ack_for_2xx(call, invite);
             inner.transmit(&ack, call.peer);
             call.last_ack = Some(ack);
             call.acked = true;
