@@ -266,28 +266,17 @@ pub struct CallStateSnapshot {
 mod tests {
     use super::*;
 
-    /// The example of docs/sim-telephony.md.
-    const EXAMPLE: &str = r#"
-local_ip = "127.0.0.20"
-sip_port = 5060
-user_agent = "Htek UC924U 2.42.6.3.36"
-registrar = "127.0.0.1:5060"
-domain = "pbx.lab"
-user = "4002"
-auth_user = "4002"
-password = "4002pw"
-expires = 3600
-t1 = "500ms"
-t2 = "4s"
-rtp_port_base = 11780
-auto_answer = "3s"
-intercom_auto_answer = true
-register_retry = "30s"
-"#;
+    /// The TOML example of docs/sim-telephony.md, so the page cannot drift.
+    fn documented_example() -> &'static str {
+        let page = include_str!("../../../docs/sim-telephony.md");
+        let start = page.find("```toml\n").expect("toml block in the docs") + 8;
+        let len = page[start..].find("```").expect("end of the toml block");
+        &page[start..start + len]
+    }
 
     #[test]
     fn reads_the_documented_toml() {
-        let cfg: UaConfig = toml::from_str(EXAMPLE).unwrap();
+        let cfg: UaConfig = toml::from_str(documented_example()).unwrap();
         assert_eq!(cfg.registrar, "127.0.0.1:5060".parse().unwrap());
         assert_eq!(cfg.t1, Duration::from_millis(500));
         assert_eq!(cfg.t2, Duration::from_secs(4));
