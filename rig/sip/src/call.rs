@@ -56,6 +56,9 @@ struct CallMeta {
     order: u64,
 }
 
+/// Ended calls whose labels are kept for late messages (ACK, retransmissions).
+const ENDED_KEPT: usize = 256;
+
 /// Live calls plus the labels of ended ones (late messages still get their role).
 #[derive(Default)]
 pub(crate) struct Calls {
@@ -115,6 +118,23 @@ impl Calls {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(call_id);
+            self.forget_oldest_ended();
+        }
+    }
+
+    /// Keeps the labels of the last [`ENDED_KEPT`] ended calls only.
+    fn forget_oldest_ended(&self) {
+        let mut meta = self.meta.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ended: Vec<(u64, String)> = meta
+            .iter()
+            .filter(|(_, m)| m.state == CallState::Ended)
+            .map(|(id, m)| (m.order, id.clone()))
+            .collect();
+        if ended.len() > ENDED_KEPT {
+            ended.sort();
+            for (_, id) in &ended[..ended.len() - ENDED_KEPT] {
+                meta.remove(id);
+            }
         }
     }
 
@@ -213,7 +233,8 @@ impl Call {
         }
     }
 
-    fn sdp(&self, core: &Core, payload_types: &[u8], direction: Direction) -> String {
+    /// Our SDP: the RTP socket is bound to the service address, which is also the media address.
+    fn sdp(&self, payload_types: &[u8], direction: Direction) -> String {
         sdp::build(
             self.session_id,
             self.sdp_version,
@@ -222,18 +243,6 @@ impl Call {
             payload_types,
             direction,
         )
-        .replace(
-            &format!("IN IP4 {}", self.rtp_local.ip()),
-            &format!("IN IP4 {}", media_ip(core, self.rtp_local)),
-        )
-    }
-}
-
-fn media_ip(core: &Core, local: SocketAddr) -> std::net::IpAddr {
-    if local.ip().is_unspecified() {
-        core.ctx.bind_ip
-    } else {
-        local.ip()
     }
 }
 
@@ -464,7 +473,7 @@ async fn answer_locked(core: &Arc<Core>, call: &mut Call) {
         None => (call.wanted, sdp::CODECS.iter().map(|(pt, _)| *pt).collect()),
     };
     call.local_dir = Some(local_dir);
-    let body = call.sdp(core, &payload_types, local_dir);
+    let body = call.sdp(&payload_types, local_dir);
     let builder = response_to(&call.invite, Some(&call.local_tag))
         .header("Contact", core.contact(&call.role, call.transport))
         .body("application/sdp", body);
@@ -550,7 +559,7 @@ async fn reinvite_from_phone(
     }
     call.sdp_version += 1;
     let local_dir = call.local_dir.unwrap_or(call.wanted);
-    let body = call.sdp(core, &[call.payload_type], local_dir);
+    let body = call.sdp(&[call.payload_type], local_dir);
     call.acked = Arc::new(Notify::new());
     let builder = response_to(&invite, Some(&call.local_tag))
         .header("Contact", core.contact(&call.role, transport))
@@ -559,7 +568,8 @@ async fn reinvite_from_phone(
     retransmit_2xx(core, ok, peer, transport, call.acked.clone());
     start_or_update_stream(core, &mut call);
     if let Some(offer) = offer {
-        let holding = !offer.direction.sends();
+        // A phone that holds offers sendonly (music on hold) or inactive: it stops receiving.
+        let holding = !offer.direction.receives();
         if holding != call.held_by_remote {
             call.held_by_remote = holding;
             emit_state(
@@ -669,7 +679,6 @@ fn in_dialog(core: &Core, call: &Call, method: rsip::Method, cseq: u32, branch: 
         Some(tag) => format!("{};tag={tag}", call.remote_uri),
         None => call.remote_uri.clone(),
     };
-    let _ = method;
     Builder::new()
         .header("Via", core.via(call.transport, branch))
         .header("Max-Forwards", "70")
@@ -759,7 +768,7 @@ pub(crate) async fn place(
     let invite = builder
         .body(
             "application/sdp",
-            call.sdp(core, &all_codecs, Direction::SendRecv),
+            call.sdp(&all_codecs, Direction::SendRecv),
         )
         .request(rsip::Method::Invite, &request_uri)?;
     call.invite = invite.clone();
@@ -828,10 +837,9 @@ async fn outbound_answered(core: &Arc<Core>, call: &mut Call, response: &SipMsg)
         }
         call.remote_media = Some(answer);
     }
-    let ack = send_ack(core, call, response).await;
+    send_ack(core, call, response).await;
     if call.cancel_requested {
         // Our CANCEL crossed their 200 (RFC 3261 §9.1): confirm, then end.
-        let _ = ack;
         let _ = bye_locked(core, call).await;
         return;
     }
@@ -924,7 +932,7 @@ pub(crate) async fn reinvite(core: &Arc<Core>, ext: &str, wanted: Direction) -> 
     call.wanted = wanted;
     call.sdp_version += 1;
     call.local_cseq += 1;
-    let body = call.sdp(core, &[call.payload_type], wanted);
+    let body = call.sdp(&[call.payload_type], wanted);
     let invite = in_dialog(
         core,
         &call,

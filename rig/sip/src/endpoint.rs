@@ -100,9 +100,11 @@ impl Core {
             return;
         };
         let shutdown = self.ctx.shutdown.clone();
+        let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = housekeeping.tick() => crate::registrar::publish_expired(&self),
                 Some(trouble) = trouble.recv() => match trouble {
                     StreamTrouble::Framing { peer, error } => self.malformed(peer, Transport::Tcp, 0, &error.to_string()),
                 },

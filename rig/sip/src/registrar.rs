@@ -65,6 +65,17 @@ impl Registrar {
             .collect()
     }
 
+    /// Removes registrations whose expiry passed without a refresh.
+    fn take_expired(&self) -> Vec<Registration> {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let expired: Vec<String> = table
+            .iter()
+            .filter(|(_, r)| !r.is_current())
+            .map(|(k, _)| k.clone())
+            .collect();
+        expired.iter().filter_map(|ext| table.remove(ext)).collect()
+    }
+
     fn new_nonce(&self) -> String {
         let nonce = token(16);
         let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
@@ -127,6 +138,29 @@ fn requested_expires(request: &SipMsg, contact: &str) -> u32 {
                 .and_then(|e| e.trim().parse().ok())
         })
         .unwrap_or(DEFAULT_EXPIRES)
+}
+
+/// Publishes `sip.register` with result `expired` for every binding the phone
+/// did not refresh in time (a phone that stopped re-registering is a finding).
+pub(crate) fn publish_expired(core: &Core) {
+    for registration in core.registrar.take_expired() {
+        let phone = core
+            .ctx
+            .directory
+            .by_ext(&registration.ext)
+            .map(|p| p.name.clone());
+        core.ctx.timeline.publish(
+            NewEvent::new(Source::Sip, "sip.register")
+                .phone(phone)
+                .field("aor", &registration.aor)
+                .field("contact", &registration.contact)
+                .field("expires", registration.expires)
+                .field("user_agent", &registration.user_agent)
+                .field("peer", registration.source.to_string())
+                .field("transport", registration.transport)
+                .field("result", "expired"),
+        );
+    }
 }
 
 pub(crate) async fn handle(core: &Core, request: SipMsg, peer: SocketAddr, transport: Transport) {
