@@ -62,6 +62,7 @@ impl SimHost {
                 bail!("phone {}: MAC {} is used twice", spec.name, spec.mac);
             }
         }
+        raise_file_limit(cfg.phones.len() as u64 * FILES_PER_PHONE + 256);
         std::fs::create_dir_all(&cfg.sim_dir)
             .with_context(|| format!("creating {}", cfg.sim_dir.display()))?;
         let shutdown = CancellationToken::new();
@@ -142,6 +143,21 @@ impl SimHost {
         }
         for path in self.sockets.drain(..) {
             let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Pty master and slave, control socket, DHCP and renewal sockets, SIP, RTP
+/// and a transfer or two in flight.
+const FILES_PER_PHONE: u64 = 10;
+
+/// A thousand phones need more descriptors than a default soft limit of 1024:
+/// raise the soft limit towards the hard one (never above it).
+fn raise_file_limit(wanted: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < wanted {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, wanted.min(hard), hard);
         }
     }
 }

@@ -29,7 +29,10 @@ async fn common_boot_then_listed_files_then_register_and_action_urls() {
     let sip = TestSip::start(ip).await;
     let http = TestHttp::start(ip).await;
     let action = format!("http://{}/action", http.addr);
-    http.put("h680/common.boot", "#!version:1.0.0.1\ninclude:config \"common.cfg\"\ninclude:config \"$mac.cfg\"\n");
+    http.put(
+        "h680/common.boot",
+        "#!version:1.0.0.1\ninclude:config \"common.cfg\"\ninclude:config \"$mac.cfg\"\n",
+    );
     http.put(
         "h680/common.cfg",
         format!(
@@ -37,35 +40,82 @@ async fn common_boot_then_listed_files_then_register_and_action_urls() {
             sip.addr.port()
         ),
     );
-    http.put("h680/001a4d5c258d.cfg", "account.1.user_name = 4008\naccount.1.password = pw\n");
+    http.put(
+        "h680/001a4d5c258d.cfg",
+        "account.1.user_name = 4008\naccount.1.password = pw\n",
+    );
     http.put("h680b/common.cfg", format!("account.1.sip_server.1.address = {ip}\naccount.1.sip_server.1.port = {}\naccount.1.user_name = 4010\n", sip.addr.port()));
     let dhcp = TestDhcp::start(ip, vec![], 3600).await;
     let dir = tempfile::tempdir().unwrap();
     let sim = SimHost::start(SimHostConfig {
         sim_dir: dir.path().into(),
-        placement: Placement::Loopback { dhcp_server: dhcp.addr },
+        placement: Placement::Loopback {
+            dhcp_server: dhcp.addr,
+        },
         phones: vec![
-            spec("handset", "00:1a:4d:5c:25:8d", &[("auto_provision.server.url", &http.url("h680"))]),
-            spec("noboot", "00:1a:4d:5c:25:8e", &[("auto_provision.server.url", &http.url("h680b"))]),
+            spec(
+                "handset",
+                "00:1a:4d:5c:25:8d",
+                &[("auto_provision.server.url", &http.url("h680"))],
+            ),
+            spec(
+                "noboot",
+                "00:1a:4d:5c:25:8e",
+                &[("auto_provision.server.url", &http.url("h680b"))],
+            ),
         ],
     })
     .await
     .unwrap();
     control(dir.path(), "handset", "POWER ON").await;
     let phone_ip = IpAddr::V4(Ipv4Addr::new(127, 57, 1, 10));
-    eventually("registered Action URL", WAIT, || http.paths_from(phone_ip).iter().any(|p| p.starts_with("action/registered"))).await;
+    eventually("registered Action URL", WAIT, || {
+        http.paths_from(phone_ip)
+            .iter()
+            .any(|p| p.starts_with("action/registered"))
+    })
+    .await;
     let paths = http.paths_from(phone_ip);
-    assert_eq!(paths[..3], ["h680/common.boot", "h680/common.cfg", "h680/001a4d5c258d.cfg"]);
-    assert!(paths.contains(&"action/boot?mac=001a4d5c258d&ip=127.57.1.10&model=SIP-H680&fw=2.0.0.3".to_owned()), "{paths:?}");
-    assert!(paths.contains(&"action/registered?mac=001a4d5c258d&ip=127.57.1.10&user=4008".to_owned()), "{paths:?}");
+    assert_eq!(
+        paths[..3],
+        [
+            "h680/common.boot",
+            "h680/common.cfg",
+            "h680/001a4d5c258d.cfg"
+        ]
+    );
+    assert!(
+        paths.contains(
+            &"action/boot?mac=001a4d5c258d&ip=127.57.1.10&model=SIP-H680&fw=2.0.0.3".to_owned()
+        ),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"action/registered?mac=001a4d5c258d&ip=127.57.1.10&user=4008".to_owned()),
+        "{paths:?}"
+    );
     let register = sip.registers_from(phone_ip)[0].clone();
-    assert!(register.from.contains("sip:4008@"), "later files override earlier ones: {}", register.from);
+    assert!(
+        register.from.contains("sip:4008@"),
+        "later files override earlier ones: {}",
+        register.from
+    );
     assert_eq!(register.user_agent, "Lvswitch SIP-H680 2.0.0.3");
 
     // Without common.boot the phone falls back to common.cfg and <mac>.cfg.
     control(dir.path(), "noboot", "POWER ON").await;
     let other_ip = IpAddr::V4(Ipv4Addr::new(127, 57, 1, 11));
-    eventually("REGISTER", WAIT, || !sip.registers_from(other_ip).is_empty()).await;
-    assert_eq!(http.paths_from(other_ip), ["h680b/common.boot", "h680b/common.cfg", "h680b/001a4d5c258e.cfg"]);
+    eventually("REGISTER", WAIT, || {
+        !sip.registers_from(other_ip).is_empty()
+    })
+    .await;
+    assert_eq!(
+        http.paths_from(other_ip),
+        [
+            "h680b/common.boot",
+            "h680b/common.cfg",
+            "h680b/001a4d5c258e.cfg"
+        ]
+    );
     sim.stop().await;
 }

@@ -45,7 +45,10 @@ async fn factory_unit_pre_provisions_then_loads_master_and_standard_and_resyncs_
     let base = format!("http://{}/prov", http.addr);
     tftp.put(
         "KX-UT670.cfg",
-        cfg(&[format!("CFG_STANDARD_FILE_PATH=\"{base}/Config{{MAC}}.cfg\""), format!("CFG_MASTER_FILE_PATH=\"{base}/ConfigCommon.cfg\"")]),
+        cfg(&[
+            format!("CFG_STANDARD_FILE_PATH=\"{base}/Config{{MAC}}.cfg\""),
+            format!("CFG_MASTER_FILE_PATH=\"{base}/ConfigCommon.cfg\""),
+        ]),
     );
     http.put(
         "prov/ConfigCommon.cfg",
@@ -56,22 +59,44 @@ async fn factory_unit_pre_provisions_then_loads_master_and_standard_and_resyncs_
             "SIP_PASS_1=\"common\"".into(),
         ]),
     );
-    http.put("prov/Config0080F0123456.cfg", cfg(&["PHONE_NUMBER_1=\"4002\"".into(), "SIP_PASS_1=\"secret\"".into()]));
+    http.put(
+        "prov/Config0080F0123456.cfg",
+        cfg(&[
+            "PHONE_NUMBER_1=\"4002\"".into(),
+            "SIP_PASS_1=\"secret\"".into(),
+        ]),
+    );
     let dhcp = TestDhcp::start(ip, vec![(66, tftp.addr.to_string().into_bytes())], 3600).await;
     let dir = tempfile::tempdir().unwrap();
     let sim = SimHost::start(SimHostConfig {
         sim_dir: dir.path().into(),
-        placement: Placement::Loopback { dhcp_server: dhcp.addr },
+        placement: Placement::Loopback {
+            dhcp_server: dhcp.addr,
+        },
         phones: vec![spec("ut670", "00:80:f0:12:34:56", &[])],
     })
     .await
     .unwrap();
     control(dir.path(), "ut670", "POWER ON").await;
     let phone_ip = IpAddr::V4(Ipv4Addr::new(127, 55, 1, 10));
-    eventually("REGISTER", WAIT, || !sip.registers_from(phone_ip).is_empty()).await;
-    assert_eq!(tftp.seen.lock().unwrap().clone(), [(phone_ip, "KX-UT670.cfg".to_owned())]);
-    assert_eq!(http.paths_from(phone_ip), ["prov/ConfigCommon.cfg", "prov/Config0080F0123456.cfg"]);
-    assert!(http.seen.lock().unwrap().iter().all(|s| s.user_agent == "Panasonic-KX-UT670/01.133 (0080f0123456)"));
+    eventually("REGISTER", WAIT, || {
+        !sip.registers_from(phone_ip).is_empty()
+    })
+    .await;
+    assert_eq!(
+        tftp.seen.lock().unwrap().clone(),
+        [(phone_ip, "KX-UT670.cfg".to_owned())]
+    );
+    assert_eq!(
+        http.paths_from(phone_ip),
+        ["prov/ConfigCommon.cfg", "prov/Config0080F0123456.cfg"]
+    );
+    assert!(http
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|s| s.user_agent == "Panasonic-KX-UT670/01.133 (0080f0123456)"));
     // §2.5: the standard file wins over the master file.
     let register = sip.registers_from(phone_ip)[0].clone();
     assert!(register.from.contains("sip:4002@"), "{}", register.from);
@@ -86,8 +111,14 @@ async fn factory_unit_pre_provisions_then_loads_master_and_standard_and_resyncs_
     let mac = [0x00, 0x80, 0xf0, 0x12, 0x34, 0x56];
     assert_eq!(dhcp.count(mac, 1), 1);
     assert_eq!(sip.notify(phone_sip, "check-sync").await, Some(200));
-    eventually("DISCOVER after the restart", WAIT, || dhcp.count(mac, 1) == 2).await;
-    eventually("files downloaded again", WAIT, || http.paths_from(phone_ip).len() == 4).await;
+    eventually("DISCOVER after the restart", WAIT, || {
+        dhcp.count(mac, 1) == 2
+    })
+    .await;
+    eventually("files downloaded again", WAIT, || {
+        http.paths_from(phone_ip).len() == 4
+    })
+    .await;
     assert_eq!(tftp.seen.lock().unwrap().len(), 1);
     sim.stop().await;
 }
@@ -106,28 +137,75 @@ async fn malformed_files_are_refused_naming_the_rule_and_provision_enable_n_stop
     let spaces = http.url("p/spaces.cfg");
     let sim = SimHost::start(SimHostConfig {
         sim_dir: dir.path().into(),
-        placement: Placement::Loopback { dhcp_server: dhcp.addr },
+        placement: Placement::Loopback {
+            dhcp_server: dhcp.addr,
+        },
         phones: vec![
-            spec("lf", "00:80:f0:00:00:01", &[("factory_default", "false"), ("CFG_STANDARD_FILE_PATH", &lf)]),
-            spec("spaces", "00:80:f0:00:00:02", &[("factory_default", "false"), ("CFG_MASTER_FILE_PATH", &spaces)]),
-            spec("off", "00:80:f0:00:00:03", &[("factory_default", "false"), ("PROVISION_ENABLE", "N"), ("CFG_STANDARD_FILE_PATH", &lf)]),
+            spec(
+                "lf",
+                "00:80:f0:00:00:01",
+                &[
+                    ("factory_default", "false"),
+                    ("CFG_STANDARD_FILE_PATH", &lf),
+                ],
+            ),
+            spec(
+                "spaces",
+                "00:80:f0:00:00:02",
+                &[
+                    ("factory_default", "false"),
+                    ("CFG_MASTER_FILE_PATH", &spaces),
+                ],
+            ),
+            spec(
+                "off",
+                "00:80:f0:00:00:03",
+                &[
+                    ("factory_default", "false"),
+                    ("PROVISION_ENABLE", "N"),
+                    ("CFG_STANDARD_FILE_PATH", &lf),
+                ],
+            ),
         ],
     })
     .await
     .unwrap();
     let mut consoles = Vec::new();
     for name in ["lf", "spaces", "off"] {
-        consoles.push(ConsoleReader::open(control(dir.path(), name, "CONSOLE?").await.strip_prefix("OK ").unwrap()));
+        consoles.push(ConsoleReader::open(
+            control(dir.path(), name, "CONSOLE?")
+                .await
+                .strip_prefix("OK ")
+                .unwrap(),
+        ));
         control(dir.path(), name, "POWER ON").await;
     }
-    consoles[0].wait_for("lf.cfg refused (§5.2.1): line 2 does not end with CR LF", WAIT).await;
-    consoles[1].wait_for("spaces.cfg refused (§5.2.1): line 2 is not NAME=\"value\"", WAIT).await;
-    consoles[2].wait_for("PROVISIONING: disabled (PROVISION_ENABLE=\"N\")", WAIT).await;
+    consoles[0]
+        .wait_for(
+            "lf.cfg refused (§5.2.1): line 2 does not end with CR LF",
+            WAIT,
+        )
+        .await;
+    consoles[1]
+        .wait_for(
+            "spaces.cfg refused (§5.2.1): line 2 is not NAME=\"value\"",
+            WAIT,
+        )
+        .await;
+    consoles[2]
+        .wait_for("PROVISIONING: disabled (PROVISION_ENABLE=\"N\")", WAIT)
+        .await;
     consoles[2].wait_for("boot completed", WAIT).await;
     // Configured units never pre-provision; the disabled one fetched nothing at all.
     assert!(tftp.seen.lock().unwrap().is_empty());
     // One fetch each for "lf" and "spaces"; none for "off".
-    let fetched: Vec<String> = http.seen.lock().unwrap().iter().map(|s| s.path.clone()).collect();
+    let fetched: Vec<String> = http
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.path.clone())
+        .collect();
     assert_eq!(fetched.len(), 2, "{fetched:?}");
     sim.stop().await;
 }
