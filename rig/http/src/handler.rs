@@ -93,8 +93,10 @@ impl Handler {
             Ok(path) => request_path::shown(path),
             Err(_) => request.uri().path().trim_start_matches('/').to_owned(),
         };
+        // Phones name themselves in the path, the query (`?mac=…`) or the User-Agent.
         let hints = [
             decoded.as_deref().unwrap_or(""),
+            request.uri().query().unwrap_or(""),
             user_agent.as_deref().unwrap_or(""),
         ];
         let requester = self.ctx.directory.identify(peer.ip(), &hints);

@@ -103,6 +103,10 @@ pub async fn start(
             .with_context(|| format!("binding HTTP to {}:{port}", ctx.bind_ip))?;
         listeners.push((listener, None));
     }
+    anyhow::ensure!(
+        !(settings.https == Some(true) && config.https_port.is_none()),
+        "the scenario asks for HTTPS (serve.http.https = true) but the lab gives no HTTPS port"
+    );
     if let Some(port) = config.https_port.filter(|_| settings.https != Some(false)) {
         let acceptor = tls::acceptor(&config.tls, ctx.bind_ip).context("preparing HTTPS")?;
         let listener = TcpListener::bind((ctx.bind_ip, port))

@@ -128,6 +128,37 @@ async fn stopping_releases_the_port_and_reports_it() {
 }
 
 #[tokio::test]
+async fn https_asked_without_a_port_is_an_error() {
+    let ctx = phonerig_core::ServiceContext {
+        timeline: phonerig_core::Timeline::in_memory(),
+        directory: Default::default(),
+        bind_ip: support::unique_ip(),
+        placeholders: Default::default(),
+        tree: phonerig_core::ProvisioningTree::new(
+            None,
+            vec![],
+            Default::default(),
+            Default::default(),
+        ),
+        shutdown: Default::default(),
+    };
+    let settings = phonerig_http::Settings {
+        https: Some(true),
+        ..Default::default()
+    };
+    let config = phonerig_http::HttpConfig {
+        http_port: Some(0),
+        https_port: None,
+        ..Default::default()
+    };
+    let error = phonerig_http::start(ctx, config, settings)
+        .await
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("HTTPS"), "{error}");
+}
+
+#[tokio::test]
 async fn disabled_service_binds_nothing() {
     let timeline = phonerig_core::Timeline::in_memory();
     let ctx = phonerig_core::ServiceContext {
@@ -159,4 +190,74 @@ async fn disabled_service_binds_nothing() {
     .unwrap();
     assert!(service.addrs.is_empty());
     assert!(timeline.is_empty());
+}
+
+#[tokio::test]
+async fn client_leaving_mid_download_is_an_aborted_fetch() {
+    let root = tempfile::tempdir().unwrap();
+    support::write_random(&root.path().join("fw.rom"), 8 * 1024 * 1024, 5);
+    let rig = Rig::start(Setup {
+        root: Some(root.path().into()),
+        ..Setup::default()
+    })
+    .await;
+    let mut stream = TcpStream::connect(rig.http.unwrap()).await.unwrap();
+    stream
+        .write_all(b"GET /fw.rom HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 100_000];
+    stream.read_exact(&mut first).await.unwrap();
+    drop(stream);
+    let fetch = rig.event("http.fetch", 0).await;
+    assert_eq!(fetch.field_str("outcome"), Some("aborted"));
+    assert!(fetch.field_u64("bytes").unwrap() < 8 * 1024 * 1024);
+    assert_eq!(fetch.field_u64("size"), Some(8 * 1024 * 1024));
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn http_1_0_client_without_host_is_served() {
+    let rules = vec![FileRule {
+        path: "a.cfg".into(),
+        content: Some("old phone".into()),
+        ..FileRule::default()
+    }];
+    let rig = Rig::start(Setup {
+        rules,
+        ..Setup::default()
+    })
+    .await;
+    let answer = exchange(rig.http.unwrap(), b"GET /a.cfg HTTP/1.0\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    assert!(answer.ends_with("old phone"));
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn mac_in_the_query_names_the_phone() {
+    let rules = vec![FileRule {
+        path: "cfg.xml".into(),
+        content: Some("<ext>{phone.ext}</ext>".into()),
+        ..FileRule::default()
+    }];
+    let rig = Rig::start(Setup {
+        rules,
+        ..Setup::default()
+    })
+    .await;
+    let answer = exchange(
+        rig.http.unwrap(),
+        b"GET /cfg.xml?mac=001FC110D3A9 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.ends_with("<ext>4002</ext>"), "{answer}");
+    assert_eq!(
+        rig.event("http.fetch", 0).await.phone.as_deref(),
+        Some("uc924-1")
+    );
+    rig.stop().await;
 }
