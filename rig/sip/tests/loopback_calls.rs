@@ -55,16 +55,16 @@ impl UdpPhone {
         }
     }
 
+    /// `tx` is `(Call-ID, CSeq number, branch)`.
     fn request(
         &self,
         method: &str,
         ext: &str,
-        call_id: &str,
-        cseq: u32,
-        branch: &str,
+        tx: (&str, u32, &str),
         to_tag: Option<&str>,
         body: Option<&str>,
     ) -> String {
+        let (call_id, cseq, branch) = tx;
         let local = self.local();
         let rig = self.rig;
         let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
@@ -106,9 +106,7 @@ async fn invites_are_routed_by_request_user_and_bounded_by_max_calls() {
         .send(&phone.request(
             "INVITE",
             "4010",
-            "c-unknown",
-            1,
-            "z9hG4bKu",
+            ("c-unknown", 1, "z9hG4bKu"),
             None,
             Some(&sdp),
         ))
@@ -120,9 +118,7 @@ async fn invites_are_routed_by_request_user_and_bounded_by_max_calls() {
             .send(&phone.request(
                 "INVITE",
                 "4004",
-                &format!("c-{i}"),
-                1,
-                &format!("z9hG4bKi{i}"),
+                (&format!("c-{i}"), 1, &format!("z9hG4bKi{i}")),
                 None,
                 Some(&sdp),
             ))
@@ -130,14 +126,14 @@ async fn invites_are_routed_by_request_user_and_bounded_by_max_calls() {
         phone.expect(180).await;
     }
     phone
-        .send(&phone.request("INVITE", "4004", "c-4", 1, "z9hG4bKi4", None, Some(&sdp)))
+        .send(&phone.request("INVITE", "4004", ("c-4", 1, "z9hG4bKi4"), None, Some(&sdp)))
         .await;
     let busy = phone.expect(486).await;
     assert!(busy.header("warning").unwrap().contains("max_calls"));
 
     // CANCEL matches the INVITE by branch: 200 for the CANCEL, 487 for the INVITE.
     phone
-        .send(&phone.request("CANCEL", "4004", "c-0", 1, "z9hG4bKi0", None, None))
+        .send(&phone.request("CANCEL", "4004", ("c-0", 1, "z9hG4bKi0"), None, None))
         .await;
     phone.expect(200).await;
     let terminated = phone.expect(487).await;
@@ -182,9 +178,7 @@ async fn delayed_answer_phone_hold_and_rtp_loss_then_phone_hangs_up() {
         .send(&phone.request(
             "INVITE",
             "4006",
-            "call-1",
-            1,
-            "z9hG4bKa1",
+            ("call-1", 1, "z9hG4bKa1"),
             None,
             Some(&offer("127.78.11.2", media_port, "sendrecv")),
         ))
@@ -200,9 +194,7 @@ async fn delayed_answer_phone_hold_and_rtp_loss_then_phone_hangs_up() {
         .send(&phone.request(
             "ACK",
             "4006",
-            "call-1",
-            1,
-            "z9hG4bKack1",
+            ("call-1", 1, "z9hG4bKack1"),
             Some(&to_tag),
             None,
         ))
@@ -248,9 +240,7 @@ async fn delayed_answer_phone_hold_and_rtp_loss_then_phone_hangs_up() {
         .send(&phone.request(
             "INVITE",
             "4006",
-            "call-1",
-            2,
-            "z9hG4bKa2",
+            ("call-1", 2, "z9hG4bKa2"),
             Some(&to_tag),
             Some(&offer("127.78.11.2", media_port, "sendonly")),
         ))
@@ -264,9 +254,7 @@ async fn delayed_answer_phone_hold_and_rtp_loss_then_phone_hangs_up() {
         .send(&phone.request(
             "ACK",
             "4006",
-            "call-1",
-            2,
-            "z9hG4bKack2",
+            ("call-1", 2, "z9hG4bKack2"),
             Some(&to_tag),
             None,
         ))
@@ -285,9 +273,7 @@ async fn delayed_answer_phone_hold_and_rtp_loss_then_phone_hangs_up() {
         .send(&phone.request(
             "BYE",
             "4006",
-            "call-1",
-            3,
-            "z9hG4bKbye",
+            ("call-1", 3, "z9hG4bKbye"),
             Some(&to_tag),
             None,
         ))
