@@ -713,7 +713,7 @@ pub(crate) async fn place(
             };
             (target, transport, format!("sip:{}@{target}{param}", to.ext))
         }
-        (None, Some(reg)) => (reg.source, reg.transport, reg.contact),
+        (None, Some(reg)) => (core.registration_target(&reg), reg.transport, reg.contact),
         (None, None) => anyhow::bail!(
             "phone {} (ext {}) is not registered and no target address was given",
             to.name,

@@ -18,7 +18,7 @@ use crate::message::{response_to, user_of, Builder, SipMsg, Transport};
 use crate::registrar::Registrar;
 use crate::rtp::PortPool;
 use crate::transport::{Received, SipTransport, StreamTrouble};
-use crate::{AnswerPolicy, Settings, SipConfig};
+use crate::{AnswerPolicy, Registration, Settings, SipConfig};
 
 /// A request the rig has seen, keyed as RFC 3261 §17.2.3 matches server transactions.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -491,6 +491,19 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Where requests to a registered phone go: the address its REGISTER came
+    /// from (right through NAT, and the phone's own TCP connection) — unless
+    /// that TCP connection has closed, then its Contact (RFC 3261 §18.2.2).
+    pub fn registration_target(&self, registration: &Registration) -> SocketAddr {
+        if registration.transport == Transport::Tcp
+            && !self.transport.has_connection(registration.source)
+        {
+            return crate::message::socket_of_uri(&registration.contact)
+                .unwrap_or(registration.source);
+        }
+        registration.source
     }
 
     pub fn answer_policy(&self, ext: &str) -> AnswerPolicy {

@@ -70,7 +70,11 @@ pub(crate) async fn send(
             Transport::Udp,
             format!("sip:{}@{target}", phone.ext),
         ),
-        (None, Some(reg)) => (reg.source, reg.transport, reg.contact.clone()),
+        (None, Some(reg)) => (
+            core.registration_target(reg),
+            reg.transport,
+            reg.contact.clone(),
+        ),
         (None, None) => anyhow::bail!(
             "phone {} (ext {}) is not registered and no target address was given",
             phone.name,

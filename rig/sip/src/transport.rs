@@ -271,6 +271,16 @@ impl SipTransport {
         out_tx
     }
 
+    /// Whether a TCP connection to `peer` is open.
+    pub fn has_connection(&self, peer: SocketAddr) -> bool {
+        self.inner
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .is_some_and(|sender| !sender.is_closed())
+    }
+
     /// Sends one message; over TCP reuses the peer's connection or opens one.
     pub async fn send(
         &self,

@@ -375,3 +375,89 @@ async fn notify_to_an_unregistered_phone_without_target_is_an_error() {
     assert!(rig.handle.notify(&uc924, "check-sync", None).await.is_err());
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn notify_to_a_tcp_phone_uses_its_connection_then_its_contact_once_closed() {
+    let settings = Settings {
+        auth: Some("none".into()),
+        ..Settings::default()
+    };
+    let uc924 = phone("uc924", "4002", "001a4d5c258d");
+    let rig = rig(
+        "127.78.7.1",
+        vec![uc924.clone()],
+        settings,
+        Timers::default(),
+    )
+    .await;
+    let contact_listener = tokio::net::TcpListener::bind("127.78.7.2:5070")
+        .await
+        .unwrap();
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.78.7.2:0".parse().unwrap()).unwrap();
+    let mut first = socket.connect(rig.addr).await.unwrap();
+    let local = first.local_addr().unwrap();
+    let register = format!(
+        "REGISTER sip:{0} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKt1\r\nFrom: <sip:4002@{0}>;tag=t\r\nTo: <sip:4002@{0}>\r\nCall-ID: t1\r\nCSeq: 1 REGISTER\r\n\
+         Contact: <sip:4002@127.78.7.2:5070;transport=tcp>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n",
+        rig.addr
+    );
+    let mut buffer = Vec::new();
+    first.write_all(register.as_bytes()).await.unwrap();
+    assert_eq!(
+        read_message(&mut first, &mut buffer).await.status(),
+        Some(200)
+    );
+
+    // While the phone's connection is open, the NOTIFY comes over it.
+    let handle = rig.handle.clone();
+    let phone_info = uc924.clone();
+    let sent = tokio::spawn(async move { handle.notify(&phone_info, "check-sync", None).await });
+    let notify = read_message(&mut first, &mut buffer).await;
+    assert_eq!(notify.method(), "NOTIFY");
+    // URI parameter values compare case-insensitively (rsip renders `TCP`).
+    assert!(notify
+        .request_uri()
+        .unwrap()
+        .eq_ignore_ascii_case("sip:4002@127.78.7.2:5070;transport=tcp"));
+    first
+        .write_all(
+            phonerig_sip::message::response_to(&notify, Some("x"))
+                .response(200)
+                .raw
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        sent.await.unwrap().unwrap(),
+        NotifyOutcome::Answered { code: 200 }
+    );
+
+    // Once it is closed, the rig connects to the Contact address.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let handle = rig.handle.clone();
+    let sent = tokio::spawn(async move { handle.notify(&uc924, "check-sync", None).await });
+    let (mut second, _) = tokio::time::timeout(WAIT, contact_listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut buffer = Vec::new();
+    let notify = read_message(&mut second, &mut buffer).await;
+    assert_eq!(notify.method(), "NOTIFY");
+    second
+        .write_all(
+            phonerig_sip::message::response_to(&notify, Some("y"))
+                .response(200)
+                .raw
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        sent.await.unwrap().unwrap(),
+        NotifyOutcome::Answered { code: 200 }
+    );
+    rig.stop().await;
+}
