@@ -305,11 +305,11 @@ impl Handler {
     ) -> Response<TrackedBody> {
         // The announced size is the real one even when the scenario cuts the
         // transfer: a phone must see a download that breaks, not a short file.
-        let (file, full_size) = match &served.body {
-            TreeBody::Bytes(bytes) => (None, bytes.len() as u64),
+        let (content, full_size) = match &served.body {
+            TreeBody::Bytes(bytes) => (Content::Memory(bytes.clone()), bytes.len() as u64),
             TreeBody::File(path) => match tokio::fs::File::open(path).await {
                 Ok(file) => match file.metadata().await {
-                    Ok(meta) => (Some(file), meta.len()),
+                    Ok(meta) => (Content::Disk(file), meta.len()),
                     Err(_) => {
                         return self.answer(
                             fetch,
@@ -347,11 +347,14 @@ impl Handler {
         let body = if fetch.method == Method::HEAD {
             TrackedBody::empty()
         } else {
-            let body = match (&served.body, file) {
-                (TreeBody::Bytes(bytes), _) => {
-                    TrackedBody::bytes(bytes.slice_ref_range(start, len))
+            let body = match content {
+                Content::Memory(bytes) => {
+                    let from = start as usize;
+                    TrackedBody::bytes(bytes::Bytes::copy_from_slice(
+                        &bytes[from..from + len as usize],
+                    ))
                 }
-                (TreeBody::File(_), Some(mut file)) => {
+                Content::Disk(mut file) => {
                     if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
                         return self.answer(
                             fetch,
@@ -362,7 +365,6 @@ impl Handler {
                     }
                     TrackedBody::file(file, len)
                 }
-                (TreeBody::File(_), None) => unreachable!("files are opened above"),
             };
             match served.truncate {
                 Some(limit) => body.cut_after(limit.saturating_sub(start)),
@@ -391,16 +393,10 @@ impl Handler {
     }
 }
 
-/// Copies `len` bytes from `start` of the tree's in-memory content.
-trait SliceRange {
-    fn slice_ref_range(&self, start: u64, len: u64) -> bytes::Bytes;
-}
-
-impl SliceRange for Arc<Vec<u8>> {
-    fn slice_ref_range(&self, start: u64, len: u64) -> bytes::Bytes {
-        let start = start as usize;
-        bytes::Bytes::copy_from_slice(&self[start..start + len as usize])
-    }
+/// What a served file is read from.
+enum Content {
+    Memory(Arc<Vec<u8>>),
+    Disk(tokio::fs::File),
 }
 
 /// Phones mostly ignore the type, but browsers and curl users read it.
