@@ -114,8 +114,19 @@ impl Core {
                 },
             }
         }
-        self.transport.close();
+        self.transport.close().await;
         self.calls.clear();
+        self.ctx
+            .timeline
+            .publish(self.lifecycle_event("service.stopped"));
+    }
+
+    /// `service.started` / `service.stopped` (source `rig`), as every service publishes.
+    pub fn lifecycle_event(&self, kind: &str) -> NewEvent {
+        let addrs: Vec<String> = self.addrs.iter().map(ToString::to_string).collect();
+        NewEvent::new(Source::Rig, kind)
+            .field("service", "sip")
+            .field("addrs", addrs)
     }
 
     fn dispatch(self: &Arc<Self>, received: Received) {

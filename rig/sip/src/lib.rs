@@ -224,6 +224,9 @@ pub async fn start(
 ) -> anyhow::Result<(RunningService, SipHandle)> {
     let core = endpoint::Core::start(ctx, config, settings).await?;
     let addrs = core.addrs.clone();
+    core.ctx
+        .timeline
+        .publish(core.lifecycle_event("service.started"));
     let task = tokio::spawn(core.clone().run());
     Ok((
         RunningService {

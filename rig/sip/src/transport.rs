@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::message::Transport;
 
@@ -97,6 +98,8 @@ struct TransportInner {
     received: mpsc::Sender<Received>,
     trouble: mpsc::UnboundedSender<StreamTrouble>,
     shutdown: CancellationToken,
+    /// Every reader/writer task, so closing can wait until the sockets are gone.
+    tasks: TaskTracker,
 }
 
 impl SipTransport {
@@ -136,11 +139,15 @@ impl SipTransport {
                 received: received_tx,
                 trouble: trouble_tx,
                 shutdown,
+                tasks: TaskTracker::new(),
             }),
         };
-        tokio::spawn(transport.clone().udp_loop());
+        transport.inner.tasks.spawn(transport.clone().udp_loop());
         if let Some(listener) = listener {
-            tokio::spawn(transport.clone().accept_loop(listener));
+            transport
+                .inner
+                .tasks
+                .spawn(transport.clone().accept_loop(listener));
         }
         Ok((transport, addrs, received_rx, trouble_rx))
     }
@@ -153,8 +160,9 @@ impl SipTransport {
             .clone()
     }
 
-    /// Releases the UDP port and ends the TCP connections (called on shutdown).
-    pub fn close(&self) {
+    /// Releases the UDP and TCP ports and ends the TCP connections (called
+    /// on shutdown); returns once every socket task has ended.
+    pub async fn close(&self) {
         self.inner.shutdown.cancel();
         self.inner
             .udp
@@ -166,6 +174,8 @@ impl SipTransport {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -213,7 +223,7 @@ impl SipTransport {
             .unwrap_or_else(|p| p.into_inner())
             .insert(peer, out_tx.clone());
         let shutdown = self.inner.shutdown.clone();
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -225,7 +235,7 @@ impl SipTransport {
             }
         });
         let this = self.clone();
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             let mut buffer = Vec::new();
             let mut chunk = vec![0u8; 8192];
             'read: loop {

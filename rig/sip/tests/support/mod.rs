@@ -113,6 +113,13 @@ impl Rig {
         if let Some(service) = self.service.take() {
             service.join(&self.timeline).await;
         }
+        // A stopped service has released its ports.
+        assert!(
+            self.events("service.stopped").len() == 1,
+            "service.stopped published once"
+        );
+        std::net::UdpSocket::bind(self.addr).expect("SIP UDP port released");
+        std::net::TcpListener::bind(self.addr).expect("SIP TCP port released");
     }
 }
 
