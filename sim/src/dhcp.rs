@@ -234,7 +234,7 @@ pub fn option_150_values(data: &[u8]) -> Vec<String> {
     if let Some(text) = option_text(data) {
         return vec![text];
     }
-    if !data.is_empty() && data.len() % 4 == 0 {
+    if !data.is_empty() && data.len().is_multiple_of(4) {
         return data
             .chunks(4)
             .filter_map(ipv4_at)

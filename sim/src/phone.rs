@@ -447,7 +447,6 @@ impl Session {
             broadcast_flag: phone.attachment.broadcast_flag(),
         };
         let lease = dhcp::acquire(&path, &identity, &log).await;
-        drop(path);
         if let Err(error) = phone.attachment.configure(&lease) {
             self.say(format!(
                 "network: cannot configure {}: {error}",

@@ -75,7 +75,7 @@ pub fn decode(bytes: &[u8]) -> Result<Packet<'_>, String> {
                 .split(|b| *b == 0)
                 .map(|p| String::from_utf8_lossy(p).to_ascii_lowercase())
                 .collect();
-            if parts.len() % 2 != 0 {
+            if !parts.len().is_multiple_of(2) {
                 return Err("OACK with an option but no value".into());
             }
             Ok(Packet::OptionAck(

@@ -148,10 +148,8 @@ pub fn parse_xml(data: &[u8]) -> Result<ParsedFile, FormatError> {
             .read_event()
             .map_err(|e| FormatError::Xml(e.to_string()))?
         {
-            Event::Comment(c) => {
-                if !seen_element && String::from_utf8_lossy(&c).contains(MAGIC) {
-                    seen_magic = true;
-                }
+            Event::Comment(c) if !seen_element && String::from_utf8_lossy(&c).contains(MAGIC) => {
+                seen_magic = true;
             }
             Event::Start(e) | Event::Empty(e) => {
                 if !seen_magic {

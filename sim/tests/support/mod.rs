@@ -38,10 +38,13 @@ pub struct DhcpSeen {
     pub peer: SocketAddr,
 }
 
+/// Options as (code, bytes), appended to every OFFER and ACK.
+pub type RawOptions = Vec<(u8, Vec<u8>)>;
+
 pub struct TestDhcp {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<DhcpSeen>>>,
-    pub options: Arc<Mutex<Vec<(u8, Vec<u8>)>>>,
+    pub options: Arc<Mutex<RawOptions>>,
 }
 
 impl TestDhcp {
