@@ -23,6 +23,9 @@ pub enum TlsSource {
     Generate,
     /// PEM files: the certificate chain (server first) and its private key.
     Files { cert: PathBuf, key: PathBuf },
+    /// PEM text, e.g. from [`generate_certificate`] when the rig also hands
+    /// the CA to phones: `chain` is the server certificate (then any CAs).
+    Pem { chain: String, key: String },
 }
 
 /// A run's generated certificates, PEM-encoded.
@@ -93,6 +96,10 @@ pub(crate) fn acceptor(source: &TlsSource, ip: IpAddr) -> anyhow::Result<TlsAcce
                 parse_key(generated.key_pem.as_bytes(), "the generated key")?,
             )
         }
+        TlsSource::Pem { chain, key } => (
+            parse_chain(chain.as_bytes(), "the given PEM chain")?,
+            parse_key(key.as_bytes(), "the given PEM key")?,
+        ),
         TlsSource::Files { cert, key } => {
             let cert_pem =
                 std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;

@@ -248,3 +248,54 @@ async fn basic_auth_with_curl() {
     );
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn https_with_pem_text_verifies_against_the_ca() {
+    if !have_curl() {
+        return;
+    }
+    let ip = support::unique_ip();
+    let generated = phonerig_http::generate_certificate(ip).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &generated.ca_pem).unwrap();
+    let tls = TlsSource::Pem {
+        chain: generated.cert_pem.clone(),
+        key: generated.key_pem.clone(),
+    };
+    let rig = Rig::start(Setup {
+        rules: config_file(),
+        https: true,
+        tls,
+        ip: Some(ip),
+        ..Setup::default()
+    })
+    .await;
+    let out = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        &rig.https_url("/cfg0012.xml"),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another run's CA does not vouch for this certificate.
+    let other = phonerig_http::generate_certificate(ip).unwrap();
+    std::fs::write(&ca, &other.ca_pem).unwrap();
+    let out = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        &rig.https_url("/cfg0012.xml"),
+    ])
+    .await;
+    // 60 (peer certificate) or 35 (handshake failed), as OpenSSL reports it.
+    assert!(
+        matches!(out.status.code(), Some(35) | Some(60)),
+        "{:?}",
+        out.status.code()
+    );
+    rig.stop().await;
+}
