@@ -13,7 +13,7 @@ pub mod storage;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use libunftp::options::PassiveHost;
@@ -23,12 +23,17 @@ use phonerig_core::{RunningService, ServiceContext};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 pub use login::Login;
 
 /// A phone that goes quiet is dropped after this long.
 const IDLE_SESSION_TIMEOUT_SECS: u64 = 300;
+/// Control connections served at once; more are told 421 and closed.
+pub const MAX_SESSIONS: usize = 256;
+/// At most one `ftp.overloaded` event per this interval.
+const OVERLOAD_EVENT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long sessions get to end after the rig stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -68,6 +73,17 @@ pub async fn start(
     config: FtpConfig,
     settings: Settings,
 ) -> anyhow::Result<RunningService> {
+    start_bounded(ctx, config, settings, MAX_SESSIONS).await
+}
+
+/// [`start`] with another session bound (tests use a small one).
+#[doc(hidden)]
+pub async fn start_bounded(
+    ctx: ServiceContext,
+    config: FtpConfig,
+    settings: Settings,
+    max_sessions: usize,
+) -> anyhow::Result<RunningService> {
     if settings.enabled == Some(false) {
         return Ok(RunningService {
             name: "ftp",
@@ -106,6 +122,8 @@ pub async fn start(
         login: settings.login,
     });
     let accept_tracker = tracker.clone();
+    let permits = Arc::new(Semaphore::new(max_sessions.max(1)));
+    let mut overload = Overload::default();
     let task = tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -113,10 +131,19 @@ pub async fn start(
                 accepted = listener.accept() => accepted,
             };
             match accepted {
-                Ok((stream, peer)) => {
-                    let shared = shared.clone();
-                    accept_tracker.spawn(async move { shared.serve(stream, peer).await });
-                }
+                Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let shared = shared.clone();
+                        accept_tracker.spawn(async move {
+                            let _permit = permit;
+                            shared.serve(stream, peer).await
+                        });
+                    }
+                    Err(_) => {
+                        overload.note(&shared.ctx, peer, max_sessions);
+                        accept_tracker.spawn(turn_away(stream));
+                    }
+                },
                 Err(error) => {
                     tracing::warn!(%error, "ftp accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -225,6 +252,42 @@ impl Shared {
             }
         }
     }
+}
+
+/// Counts sessions turned away, reported at most once per interval.
+#[derive(Default)]
+struct Overload {
+    last_event: Option<Instant>,
+    dropped_since: u64,
+}
+
+impl Overload {
+    fn note(&mut self, ctx: &ServiceContext, peer: SocketAddr, limit: usize) {
+        self.dropped_since += 1;
+        if self
+            .last_event
+            .is_none_or(|t| t.elapsed() >= OVERLOAD_EVENT_INTERVAL)
+        {
+            ctx.timeline.publish(
+                NewEvent::new(Source::Ftp, "ftp.overloaded")
+                    .field("peer", peer.to_string())
+                    .field("limit", limit)
+                    .field("dropped", self.dropped_since),
+            );
+            self.last_event = Some(Instant::now());
+            self.dropped_since = 0;
+        }
+    }
+}
+
+/// RFC 959's answer to a client the server cannot take now.
+async fn turn_away(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        stream.write_all(b"421 Too many sessions, try again later\r\n"),
+    )
+    .await;
 }
 
 fn split_closer(stream: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {

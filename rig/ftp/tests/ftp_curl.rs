@@ -47,6 +47,15 @@ struct Rig {
 
 impl Rig {
     async fn start(rules: Vec<FileRule>, settings: Settings, files: &[(&str, &[u8])]) -> Rig {
+        Self::start_bounded(rules, settings, files, phonerig_ftp::MAX_SESSIONS).await
+    }
+
+    async fn start_bounded(
+        rules: Vec<FileRule>,
+        settings: Settings,
+        files: &[(&str, &[u8])],
+        max_sessions: usize,
+    ) -> Rig {
         let root = tempfile::tempdir().unwrap();
         for (name, content) in files {
             let path = root.path().join(name);
@@ -79,16 +88,13 @@ impl Rig {
             tree,
             shutdown: shutdown.clone(),
         };
-        let service = phonerig_ftp::start(
-            ctx,
-            FtpConfig {
-                port: 0,
-                passive_ports: 42000..=42999,
-            },
-            settings,
-        )
-        .await
-        .unwrap();
+        let config = FtpConfig {
+            port: 0,
+            passive_ports: 42000..=42999,
+        };
+        let service = phonerig_ftp::start_bounded(ctx, config, settings, max_sessions)
+            .await
+            .unwrap();
         let base = format!("ftp://{}", service.addrs[0]);
         Rig {
             timeline,
@@ -628,5 +634,18 @@ async fn resumed_download_with_curl() {
         rig.event("ftp.fetch", 0).await.field_u64("start"),
         Some(123_456)
     );
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_beyond_the_bound_get_421() {
+    let rig = Rig::start_bounded(vec![], Settings::default(), &[], 1).await;
+    let addr: std::net::SocketAddr = rig.base.trim_start_matches("ftp://").parse().unwrap();
+    let (_first, greeting) = Control::connect(addr).await;
+    assert!(greeting.starts_with("220"));
+    let (_second, refusal) = Control::connect(addr).await;
+    assert!(refusal.starts_with("421"), "{refusal}");
+    let event = rig.event("ftp.overloaded", 0).await;
+    assert_eq!(event.field_u64("limit"), Some(1));
     rig.stop().await;
 }
