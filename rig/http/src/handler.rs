@@ -167,8 +167,10 @@ impl Handler {
                         );
                     }
                 }
-                let code =
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let code = forced_status(status);
+                if code == StatusCode::NOT_MODIFIED || code == StatusCode::NO_CONTENT {
+                    return self.answer(&fetch, code, "forced", "");
+                }
                 self.answer(&fetch, code, "forced", format!("{code}\n"))
             }
         }
@@ -393,6 +395,15 @@ impl Handler {
     }
 }
 
+/// The status a scenario forced, as HTTP can send it: a 1xx is no final
+/// answer and an out-of-range number no status, so both become 500.
+fn forced_status(status: u16) -> StatusCode {
+    match StatusCode::from_u16(status) {
+        Ok(code) if !code.is_informational() => code,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 /// What a served file is read from.
 enum Content {
     Memory(Arc<Vec<u8>>),
@@ -411,5 +422,33 @@ fn content_type(path: &str) -> &'static str {
         "json" => "application/json",
         "htm" | "html" => "text/html; charset=utf-8",
         _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case(500, 500)]
+    #[case(404, 404)]
+    #[case(302, 302)]
+    #[case(599, 599)]
+    #[case(101, 500)]
+    #[case(100, 500)]
+    #[case(1000, 500)]
+    #[case(42, 500)]
+    fn forced_statuses(#[case] asked: u16, #[case] sent: u16) {
+        assert_eq!(forced_status(asked).as_u16(), sent);
+    }
+
+    #[rstest]
+    #[case("cfg0012.xml", "application/xml")]
+    #[case("Config001A.CFG", "text/plain; charset=utf-8")]
+    #[case("fw924.rom", "application/octet-stream")]
+    #[case("noext", "application/octet-stream")]
+    fn content_types(#[case] path: &str, #[case] expected: &str) {
+        assert_eq!(content_type(path), expected);
     }
 }

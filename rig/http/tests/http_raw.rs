@@ -261,3 +261,49 @@ async fn mac_in_the_query_names_the_phone() {
     );
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn forced_statuses_without_body_are_sent_as_such() {
+    let rules = vec![
+        FileRule {
+            path: "same.cfg".into(),
+            status: Some(304),
+            ..FileRule::default()
+        },
+        FileRule {
+            path: "weird.cfg".into(),
+            status: Some(101),
+            ..FileRule::default()
+        },
+    ];
+    let rig = Rig::start(Setup {
+        rules,
+        ..Setup::default()
+    })
+    .await;
+    let answer = exchange(
+        rig.http.unwrap(),
+        b"GET /same.cfg HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 304"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\n"),
+        "no body after a 304: {answer}"
+    );
+    let answer = exchange(
+        rig.http.unwrap(),
+        b"GET /weird.cfg HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+    assert_eq!(
+        rig.event("http.fetch", 0).await.field_u64("code"),
+        Some(304)
+    );
+    assert_eq!(
+        rig.event("http.fetch", 1).await.field_str("outcome"),
+        Some("forced")
+    );
+    rig.stop().await;
+}
