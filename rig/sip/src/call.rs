@@ -883,7 +883,15 @@ async fn bye_locked(core: &Arc<Core>, call: &mut Call) -> anyhow::Result<()> {
         .ok()
         .and_then(|r| r.as_ref().and_then(SipMsg::status));
     emit_state(core, call, "ended", code);
-    outcome.map(|_| ())
+    // The call is over for the rig either way; the runner learns whether the phone agreed.
+    match outcome? {
+        Some(response) if response.status().is_some_and(|c| (200..300).contains(&c)) => Ok(()),
+        Some(response) => anyhow::bail!(
+            "BYE answered {}; call ended locally",
+            response.status().unwrap_or(0)
+        ),
+        None => anyhow::bail!("BYE not answered within 64·T1; call ended locally"),
+    }
 }
 
 fn not_found(ext: &str, what: &str) -> anyhow::Error {

@@ -55,6 +55,21 @@ impl UdpPhone {
         }
     }
 
+    /// The next request the rig sent that `wanted` accepts (retransmissions are skipped).
+    async fn next_request(&self, wanted: impl Fn(&SipMsg) -> bool) -> SipMsg {
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let (n, _) = tokio::time::timeout(WAIT, self.socket.recv_from(&mut buf))
+                .await
+                .expect("request in time")
+                .unwrap();
+            let msg = SipMsg::parse(&buf[..n]).unwrap();
+            if msg.is_request() && wanted(&msg) {
+                return msg;
+            }
+        }
+    }
+
     /// `tx` is `(Call-ID, CSeq number, branch)`.
     fn request(
         &self,
@@ -318,5 +333,119 @@ async fn registration_that_is_not_refreshed_expires() {
         .await;
     assert_eq!(expired.phone.as_deref(), Some("uc924"));
     assert!(rig.handle.registration("4002").is_none());
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn rig_calls_a_registered_phone_which_declines_then_answers() {
+    let settings = Settings {
+        auth: Some("none".into()),
+        ..Settings::default()
+    };
+    let uc924 = phone("uc924", "4002", "001a4d5c258d");
+    let rig = rig(
+        "127.78.13.1",
+        vec![uc924.clone()],
+        settings,
+        // Short timers: the unanswered BYE at the end gives up after 64·T1 = 1.28 s.
+        support::fast_timers(),
+    )
+    .await;
+    let phone = UdpPhone::new("127.78.13.2", rig.addr).await;
+    let local = phone.local();
+    phone
+        .send(&format!(
+            "REGISTER sip:{0} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKr\r\nFrom: <sip:4002@{0}>;tag=r\r\nTo: <sip:4002@{0}>\r\nCall-ID: r1\r\nCSeq: 1 REGISTER\r\nContact: <sip:4002@{local}>\r\nContent-Length: 0\r\n\r\n",
+            rig.addr
+        ))
+        .await;
+    phone.expect(200).await;
+
+    // First call: the phone declines.
+    rig.handle
+        .call("4006", &uc924, Default::default())
+        .await
+        .unwrap();
+    let invite = phone.next_request(|m| m.method() == "INVITE").await;
+    assert_eq!(invite.request_uri().unwrap(), format!("sip:4002@{local}"));
+    assert!(
+        invite.header("alert-info").is_none(),
+        "no auto-answer unless asked"
+    );
+    let decline = phonerig_sip::message::response_to(&invite, Some("d1")).response(603);
+    phone
+        .socket
+        .send_to(decline.raw.as_bytes(), rig.addr)
+        .await
+        .unwrap();
+    let ack = phone.next_request(|m| m.method() == "ACK").await;
+    assert_eq!(
+        ack.branch(),
+        invite.branch(),
+        "ACK for a failure is in the INVITE's transaction"
+    );
+    let rejected = rig
+        .wait_for("rejected", WAIT, |e| {
+            is(e, "call.state", "state", "rejected")
+        })
+        .await;
+    assert_eq!(rejected.field_u64("code"), Some(603));
+
+    // Second call: the phone answers sendonly (it will not receive), so the rig must not talk.
+    rig.handle
+        .call("4006", &uc924, Default::default())
+        .await
+        .unwrap();
+    let first_call = invite.call_id();
+    let invite = phone
+        .next_request(|m| m.method() == "INVITE" && m.call_id() != first_call)
+        .await;
+    let media = UdpSocket::bind("127.78.13.2:0").await.unwrap();
+    let body = offer(
+        "127.78.13.2",
+        media.local_addr().unwrap().port(),
+        "sendonly",
+    );
+    let ok = phonerig_sip::message::response_to(&invite, Some("a2"))
+        .header("Contact", format!("<sip:4002@{local}>"))
+        .body("application/sdp", body)
+        .response(200);
+    phone
+        .socket
+        .send_to(ok.raw.as_bytes(), rig.addr)
+        .await
+        .unwrap();
+    let ack = phone
+        .next_request(|m| m.method() == "ACK" && m.call_id() != first_call)
+        .await;
+    assert_ne!(
+        ack.branch(),
+        invite.branch(),
+        "ACK for a 2xx is a transaction of its own"
+    );
+    let answered = rig
+        .wait_for("answered", WAIT, |e| {
+            is(e, "call.state", "state", "answered")
+        })
+        .await;
+    assert_eq!(answered.field_str("remote_sdp_direction"), Some("sendonly"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        rig.events("rtp.started")
+            .iter()
+            .all(|e| e.field_str("observed") != Some("sent")),
+        "the rig talked to a phone that does not receive"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), media.recv_from(&mut [0u8; 256]))
+            .await
+            .is_err()
+    );
+
+    rig.handle.hangup("4006").await.unwrap_err(); // the phone never answers the BYE: timer F
+    let ended = rig
+        .wait_for("ended", WAIT, |e| is(e, "call.state", "state", "ended"))
+        .await;
+    assert_eq!(ended.field_u64("code"), None);
     rig.stop().await;
 }
