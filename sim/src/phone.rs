@@ -577,7 +577,7 @@ impl Session {
             return outcome;
         }
         self.apply_sip().await;
-        self.schedule_next_round(false);
+        self.schedule_next_round();
         None
     }
 
@@ -872,7 +872,7 @@ impl Session {
         None
     }
 
-    fn schedule_next_round(&mut self, _after_error: bool) {
+    fn schedule_next_round(&mut self) {
         if self.next_round.is_some() {
             return;
         }
@@ -895,7 +895,9 @@ impl Session {
                 if !resync_time.trim().is_empty() {
                     // 003 §5.4.5: a resync time disables the cyclic settings.
                     None
-                } else if persistent.layers.enabled("CFG_CYCLIC") {
+                } else if persistent.layers.enabled("CFG_CYCLIC")
+                    && persistent.layers.enabled("PROVISION_ENABLE")
+                {
                     Some(
                         persistent
                             .layers
