@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use phonerig_core::Mac;
+use serde::{Deserialize, Serialize};
 
 /// Everything [`crate::SimHost::start`] needs.
 #[derive(Debug, Clone)]
@@ -33,8 +34,10 @@ pub enum Placement {
     },
 }
 
-/// One virtual phone.
-#[derive(Debug, Clone)]
+/// One virtual phone. Deserialises from a lab file's table (`flash`,
+/// `timing` and `faults` may be left out).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VirtualPhoneSpec {
     pub name: String,
     /// `htek-uc924`, `htek-uc926`, `htek-uc912`, `panasonic-kx-ut670`, `lvswitch-sip-h680`.
@@ -43,19 +46,25 @@ pub struct VirtualPhoneSpec {
     /// Running firmware version, e.g. `2.0.4.4.36`.
     pub firmware: String,
     /// Settings already in flash at first power-on (see docs/virtual-phones.md).
+    #[serde(default)]
     pub flash: BTreeMap<String, String>,
+    #[serde(default)]
     pub timing: Timing,
     /// Documented behaviours broken on purpose. None are defined yet: any
     /// entry is refused at start so a scenario cannot believe a fault is active.
+    #[serde(default)]
     pub faults: Vec<String>,
 }
 
-/// How fast the phone's own clock runs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How fast the phone's own clock runs (`boot_delay = "20ms"` in TOML).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Timing {
     /// From power-on to the first DHCP DISCOVER.
+    #[serde(with = "phonerig_core::duration::serde_human")]
     pub boot_delay: Duration,
     /// From a reboot decision to power-on again.
+    #[serde(with = "phonerig_core::duration::serde_human")]
     pub reboot_delay: Duration,
     /// Factor applied to every interval the vendor states in minutes or
     /// seconds (provisioning intervals, DHCP lease/T1): 0.001 turns the
@@ -88,6 +97,23 @@ impl Timing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spec_reads_from_toml_with_defaults() {
+        let spec: VirtualPhoneSpec = toml::from_str(
+            "name = \"desk\"\nmodel = \"htek-uc924\"\nmac = \"001F.C110.D3A9\"\nfirmware = \"2.0.4.4.36\"\nflash = { P237 = \"http://h/cfg\" }\ntiming = { boot_delay = \"1s\" }\n",
+        )
+        .unwrap();
+        assert_eq!(spec.mac.lower(), "001fc110d3a9");
+        assert_eq!(spec.flash.get("P237").unwrap(), "http://h/cfg");
+        assert_eq!(spec.timing.boot_delay, Duration::from_secs(1));
+        assert_eq!(spec.timing.scale, Timing::default().scale);
+        assert!(spec.faults.is_empty());
+        assert!(toml::from_str::<VirtualPhoneSpec>(
+            "name = \"x\"\nmodel = \"m\"\nmac = \"bad\"\nfirmware = \"1\"\n"
+        )
+        .is_err());
+    }
 
     #[test]
     fn minutes_are_scaled() {

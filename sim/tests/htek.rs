@@ -160,6 +160,15 @@ async fn boots_fetches_in_documented_order_registers_and_follows_notify() {
     .await;
     assert_eq!(control(dir.path(), "desk", "PRESS").await, "OK");
     console.wait_for("USB Button pressed", WAIT).await;
+    // P24944 = 57 (silent call) to P24945 = 4004: the UA places the call through the registrar.
+    eventually("INVITE for the silent call", WAIT, || {
+        sip.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.method == "INVITE" && s.peer.ip() == phone_ip)
+    })
+    .await;
     assert_eq!(control(dir.path(), "desk", "RELEASE").await, "OK");
     assert!(control(dir.path(), "desk", "JUMP")
         .await
