@@ -381,11 +381,6 @@ impl Session {
         if let Some(telephony) = self.telephony.take() {
             telephony.shutdown(orderly).await;
         }
-        if let Some(lease) = &self.lease {
-            if orderly {
-                self.say(format!("releasing {}", lease.address));
-            }
-        }
         self.events = None;
     }
 
