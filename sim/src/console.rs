@@ -137,19 +137,21 @@ mod tests {
             console.line(&format!("line {i}"));
         }
         let mut reader = std::fs::File::open(console.path()).unwrap();
-        // Read what is buffered (non-blocking through our own slave flags is not shared; use a thread with timeout).
-        let handle = std::thread::spawn(move || {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
             let mut all = Vec::new();
             let mut buf = vec![0u8; 65536];
-            loop {
-                let n = reader.read(&mut buf).unwrap();
+            while let Ok(n) = reader.read(&mut buf) {
                 all.extend_from_slice(&buf[..n]);
                 if String::from_utf8_lossy(&all).contains("line 19999\r\n") {
-                    return String::from_utf8_lossy(&all).to_string();
+                    let _ = tx.send(String::from_utf8_lossy(&all).to_string());
+                    return;
                 }
             }
         });
-        let text = handle.join().unwrap();
+        let text = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the newest line is readable");
         assert!(
             !text.contains("] line 0\r\n"),
             "the oldest output should have been discarded"
