@@ -228,7 +228,7 @@ impl Call {
     /// Where in-dialog requests go: the TCP connection, or their Contact over UDP.
     fn dialog_dest(&self) -> SocketAddr {
         match self.transport {
-            Transport::Tcp => self.peer,
+            Transport::Tcp | Transport::Tls => self.peer,
             Transport::Udp => socket_of_uri(&self.remote_target).unwrap_or(self.peer),
         }
     }
@@ -706,10 +706,10 @@ pub(crate) async fn place(
     let (dest, transport, request_uri) = match (opts.target, core.registrar.get(&to.ext)) {
         (Some(target), _) => {
             let transport = opts.transport.unwrap_or(Transport::Udp);
-            let param = if transport == Transport::Tcp {
-                ";transport=tcp"
-            } else {
-                ""
+            let param = match transport {
+                Transport::Udp => "",
+                Transport::Tcp => ";transport=tcp",
+                Transport::Tls => ";transport=tls",
             };
             (target, transport, format!("sip:{}@{target}{param}", to.ext))
         }

@@ -44,6 +44,8 @@ pub(crate) struct Core {
     pub addrs: Vec<SocketAddr>,
     /// Host in the rig's URIs and the digest realm.
     pub domain: String,
+    /// The TLS listener's port, when TLS is on.
+    pub tls_port: Option<u16>,
     pub registrar: Registrar,
     pub calls: Calls,
     pub rtp_pool: Arc<PortPool>,
@@ -66,8 +68,13 @@ impl Core {
     ) -> anyhow::Result<Arc<Core>> {
         let algorithm = settings.auth_algorithm()?;
         let bind = SocketAddr::new(ctx.bind_ip, config.port);
+        let tls = match &config.tls {
+            Some(tls) => Some((tls.port, crate::tls::acceptor(tls)?)),
+            None => None,
+        };
+        let tls_port = config.tls.as_ref().map(|t| t.port);
         let (transport, addrs, received, trouble) =
-            SipTransport::bind(bind, config.tcp, ctx.shutdown.child_token()).await?;
+            SipTransport::bind(bind, config.tcp, tls, ctx.shutdown.child_token()).await?;
         let domain = config
             .domain
             .clone()
@@ -82,6 +89,7 @@ impl Core {
             server_transactions: Mutex::new(HashMap::new()),
             inbox: Mutex::new(Some((received, trouble))),
             domain,
+            tls_port,
             addrs,
             transport,
             ctx,
@@ -106,7 +114,8 @@ impl Core {
                 _ = shutdown.cancelled() => break,
                 _ = housekeeping.tick() => crate::registrar::publish_expired(&self),
                 Some(trouble) = trouble.recv() => match trouble {
-                    StreamTrouble::Framing { peer, error } => self.malformed(peer, Transport::Tcp, 0, &error.to_string()),
+                    StreamTrouble::Framing { peer, transport, error } => self.malformed(peer, transport, 0, &error.to_string()),
+                    StreamTrouble::Handshake { peer, error } => self.malformed(peer, Transport::Tls, 0, &format!("TLS handshake: {error}")),
                 },
                 next = received.recv() => match next {
                     Some(received) => self.dispatch(received),
@@ -535,10 +544,15 @@ impl Core {
 
     /// `Via` for a new request from the rig.
     pub fn via(&self, transport: Transport, branch: &str) -> String {
+        let local = self.transport.local_addr();
+        let port = match transport {
+            Transport::Tls => self.tls_port.unwrap_or(5061),
+            Transport::Udp | Transport::Tcp => local.port(),
+        };
+        let sent_by = SocketAddr::new(local.ip(), port);
         format!(
-            "SIP/2.0/{} {};branch={branch};rport",
-            transport.via_name(),
-            self.transport.local_addr()
+            "SIP/2.0/{} {sent_by};branch={branch};rport",
+            transport.via_name()
         )
     }
 
@@ -548,6 +562,10 @@ impl Core {
         match transport {
             Transport::Udp => format!("<sip:{user}@{local}>"),
             Transport::Tcp => format!("<sip:{user}@{local};transport=tcp>"),
+            Transport::Tls => {
+                let tls = SocketAddr::new(local.ip(), self.tls_port.unwrap_or(5061));
+                format!("<sip:{user}@{tls};transport=tls>")
+            }
         }
     }
 }

@@ -26,6 +26,7 @@ mod notify;
 mod registrar;
 pub mod rtp;
 pub mod sdp;
+mod tls;
 pub mod transport;
 pub mod user_agent;
 
@@ -46,6 +47,19 @@ pub struct SipConfig {
     pub max_calls: usize,
     /// RFC 3261 transaction timers (tests shorten them).
     pub timers: Timers,
+    /// SIP over TLS on a second port (usually 5061); off when absent.
+    pub tls: Option<SipTls>,
+}
+
+/// The TLS listener: port and the certificate it presents (PEM). The lab can
+/// pass the certificate the HTTPS service generated for the run, so phones
+/// trust one CA.
+#[derive(Debug, Clone)]
+pub struct SipTls {
+    pub port: u16,
+    /// Server certificate first, then any intermediate/CA certificates.
+    pub chain_pem: String,
+    pub key_pem: String,
 }
 
 impl Default for SipConfig {
@@ -57,6 +71,7 @@ impl Default for SipConfig {
             rtp_ports: 40000..=40999,
             max_calls: 16,
             timers: Timers::default(),
+            tls: None,
         }
     }
 }

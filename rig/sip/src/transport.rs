@@ -7,9 +7,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -80,9 +81,17 @@ pub fn take_frame(buffer: &mut Vec<u8>) -> Result<Option<Vec<u8>>, FramingError>
 pub enum StreamTrouble {
     Framing {
         peer: SocketAddr,
+        transport: Transport,
         error: FramingError,
     },
+    Handshake {
+        peer: SocketAddr,
+        error: String,
+    },
 }
+
+/// A TLS client that has not finished its handshake by then is dropped.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct SipTransport {
@@ -107,6 +116,7 @@ impl SipTransport {
     pub async fn bind(
         addr: SocketAddr,
         tcp: bool,
+        tls: Option<(u16, TlsAcceptor)>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<(
         SipTransport,
@@ -128,6 +138,17 @@ impl SipTransport {
         } else {
             None
         };
+        let tls_listener = match tls {
+            Some((port, acceptor)) => {
+                let tls_addr = SocketAddr::new(udp_addr.ip(), port);
+                let listener = TcpListener::bind(tls_addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("SIP TLS bind {tls_addr}: {e}"))?;
+                addrs.push(listener.local_addr()?);
+                Some((listener, acceptor))
+            }
+            None => None,
+        };
         let (received_tx, received_rx) = mpsc::channel(1024);
         let (trouble_tx, trouble_rx) = mpsc::unbounded_channel();
         let transport = SipTransport {
@@ -148,6 +169,12 @@ impl SipTransport {
                 .inner
                 .tasks
                 .spawn(transport.clone().accept_loop(listener));
+        }
+        if let Some((listener, acceptor)) = tls_listener {
+            transport
+                .inner
+                .tasks
+                .spawn(transport.clone().accept_tls_loop(listener, acceptor));
         }
         Ok((transport, addrs, received_rx, trouble_rx))
     }
@@ -206,16 +233,65 @@ impl SipTransport {
                 _ = self.inner.shutdown.cancelled() => return,
                 accepted = listener.accept() => {
                     if let Ok((stream, peer)) = accepted {
-                        self.adopt(stream, peer);
+                        self.adopt(stream, peer, Transport::Tcp);
                     }
                 }
             }
         }
     }
 
+    /// TLS (RFC 3261 §26.2): the handshake runs in its own task so a slow
+    /// or broken client cannot hold up the listener.
+    async fn accept_tls_loop(self, listener: TcpListener, acceptor: TlsAcceptor) {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let Ok((stream, peer)) = accepted else {
+                continue;
+            };
+            let this = self.clone();
+            let acceptor = acceptor.clone();
+            self.inner.tasks.spawn(async move {
+                let handshake =
+                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                let result = tokio::select! {
+                    _ = this.inner.shutdown.cancelled() => return,
+                    result = handshake => result,
+                };
+                match result {
+                    Ok(Ok(tls)) => {
+                        this.adopt(tls, peer, Transport::Tls);
+                    }
+                    Ok(Err(error)) => {
+                        let _ = this.inner.trouble.send(StreamTrouble::Handshake {
+                            peer,
+                            error: error.to_string(),
+                        });
+                    }
+                    Err(_) => {
+                        let _ = this.inner.trouble.send(StreamTrouble::Handshake {
+                            peer,
+                            error: "handshake timed out".into(),
+                        });
+                    }
+                }
+            });
+        }
+    }
+
     /// Starts reader and writer tasks for a connection and remembers it by peer address.
-    fn adopt(&self, stream: TcpStream, peer: SocketAddr) -> mpsc::UnboundedSender<Vec<u8>> {
-        let (mut reader, mut writer) = stream.into_split();
+    fn adopt<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        transport: Transport,
+    ) -> mpsc::UnboundedSender<Vec<u8>>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
         self.inner
             .connections
@@ -256,17 +332,18 @@ impl SipTransport {
                                 .send(Received {
                                     bytes,
                                     peer,
-                                    transport: Transport::Tcp,
+                                    transport,
                                 })
                                 .await;
                         }
                         Ok(None) => break,
                         Err(error) => {
                             // The stream cannot be re-synchronised: record and close.
-                            let _ = this
-                                .inner
-                                .trouble
-                                .send(StreamTrouble::Framing { peer, error });
+                            let _ = this.inner.trouble.send(StreamTrouble::Framing {
+                                peer,
+                                transport,
+                                error,
+                            });
                             break 'read;
                         }
                     }
@@ -330,12 +407,29 @@ impl SipTransport {
                             .connect(dest)
                             .await
                             .map_err(|e| anyhow::anyhow!("TCP connect {dest}: {e}"))?;
-                        self.adopt(stream, dest)
+                        self.adopt(stream, dest, Transport::Tcp)
                     }
                 };
                 sender
                     .send(bytes.to_vec())
                     .map_err(|_| anyhow::anyhow!("TCP connection to {dest} closed"))?;
+            }
+            // The rig is the TLS server only: phones keep the connection they
+            // registered over open (RFC 5626 style), and requests go down it.
+            Transport::Tls => {
+                let existing = self
+                    .inner
+                    .connections
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&dest)
+                    .cloned();
+                match existing {
+                    Some(sender) if !sender.is_closed() => sender
+                        .send(bytes.to_vec())
+                        .map_err(|_| anyhow::anyhow!("TLS connection to {dest} closed"))?,
+                    _ => anyhow::bail!("no open TLS connection from {dest}; the rig does not connect to phones over TLS"),
+                }
             }
         }
         Ok(())

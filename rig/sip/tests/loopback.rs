@@ -461,3 +461,144 @@ async fn notify_to_a_tcp_phone_uses_its_connection_then_its_contact_once_closed(
     );
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn registration_and_notify_over_tls() {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+
+    let certified = rcgen::generate_simple_self_signed(vec!["127.78.8.1".to_owned()]).unwrap();
+    let mut config = support::config(Timers::default());
+    config.tls = Some(phonerig_sip::SipTls {
+        port: 5061,
+        chain_pem: certified.cert.pem(),
+        key_pem: certified.signing_key.serialize_pem(),
+    });
+    let uc924 = phone("uc924", "4002", "001a4d5c258d");
+    let rig = support::rig_with_config(
+        "127.78.8.1",
+        vec![uc924.clone()],
+        Settings::default(),
+        config,
+    )
+    .await;
+    assert!(rig
+        .handle
+        .addrs()
+        .contains(&"127.78.8.1:5061".parse().unwrap()));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.78.8.2:0".parse().unwrap()).unwrap();
+    let tcp = socket
+        .connect("127.78.8.1:5061".parse().unwrap())
+        .await
+        .unwrap();
+    let local = tcp.local_addr().unwrap();
+    let server_name = rustls::pki_types::ServerName::IpAddress(
+        "127.78.8.1".parse::<std::net::IpAddr>().unwrap().into(),
+    );
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(server_name, tcp)
+        .await
+        .unwrap();
+
+    let rig_host = "127.78.8.1:5061";
+    let request = |cseq: u32, auth: Option<String>| {
+        let auth = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "REGISTER sips:{rig_host} SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bKtls{cseq}\r\nFrom: <sip:4002@{rig_host}>;tag=t\r\nTo: <sip:4002@{rig_host}>\r\n\
+             Call-ID: tls-1\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:4002@{local};transport=tls>\r\n{auth}Content-Length: 0\r\n\r\n"
+        )
+    };
+    let mut buffer = Vec::new();
+    tls.write_all(request(1, None).as_bytes()).await.unwrap();
+    let challenged = read_tls(&mut tls, &mut buffer).await;
+    assert_eq!(challenged.status(), Some(401));
+    let challenge = Challenge::parse(&challenged.header("www-authenticate").unwrap()).unwrap();
+    let answer = challenge.answer(
+        "4002",
+        "secret",
+        "REGISTER",
+        &format!("sips:{rig_host}"),
+        "c1",
+    );
+    tls.write_all(request(2, Some(answer)).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_tls(&mut tls, &mut buffer).await.status(), Some(200));
+    assert_eq!(
+        rig.handle.registration("4002").unwrap().transport,
+        Transport::Tls
+    );
+
+    let handle = rig.handle.clone();
+    let sent = tokio::spawn(async move { handle.notify(&uc924, "check-sync", None).await });
+    let notify = read_tls(&mut tls, &mut buffer).await;
+    assert_eq!(notify.method(), "NOTIFY");
+    assert!(notify
+        .header("via")
+        .unwrap()
+        .starts_with("SIP/2.0/TLS 127.78.8.1:5061;"));
+    tls.write_all(
+        phonerig_sip::message::response_to(&notify, Some("z"))
+            .response(200)
+            .raw
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        sent.await.unwrap().unwrap(),
+        NotifyOutcome::Answered { code: 200 }
+    );
+    let ok = rig
+        .wait_for("sip.register ok", WAIT, |e| {
+            is(e, "sip.register", "result", "ok")
+        })
+        .await;
+    assert_eq!(ok.field_str("transport"), Some("tls"));
+    drop(tls);
+
+    // A client that does not speak TLS is a recorded handshake failure, nothing more.
+    let mut plain = TcpStream::connect("127.78.8.1:5061").await.unwrap();
+    plain
+        .write_all(b"OPTIONS sip:x SIP/2.0\r\n\r\n")
+        .await
+        .unwrap();
+    let failed = rig
+        .wait_for("handshake failure", WAIT, |e| {
+            e.kind == "sip.malformed" && e.field_str("transport") == Some("tls")
+        })
+        .await;
+    assert!(failed
+        .field_str("error")
+        .unwrap()
+        .starts_with("TLS handshake"));
+    rig.stop().await;
+}
+
+async fn read_tls<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, buffer: &mut Vec<u8>) -> SipMsg {
+    loop {
+        if let Some(frame) = take_frame(buffer).unwrap() {
+            return SipMsg::parse(&frame).unwrap();
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .expect("message in time")
+            .unwrap();
+        assert!(n > 0, "connection closed");
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}

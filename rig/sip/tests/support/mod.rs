@@ -41,7 +41,28 @@ pub fn fast_timers() -> Timers {
     }
 }
 
+pub fn config(timers: Timers) -> SipConfig {
+    SipConfig {
+        port: 5060,
+        tcp: true,
+        domain: None,
+        rtp_ports: 42000..=42099,
+        max_calls: 4,
+        timers,
+        tls: None,
+    }
+}
+
 pub async fn rig(ip: &str, phones: Vec<PhoneInfo>, settings: Settings, timers: Timers) -> Rig {
+    rig_with_config(ip, phones, settings, config(timers)).await
+}
+
+pub async fn rig_with_config(
+    ip: &str,
+    phones: Vec<PhoneInfo>,
+    settings: Settings,
+    config: SipConfig,
+) -> Rig {
     let ip: IpAddr = ip.parse().unwrap();
     let timeline = Timeline::in_memory();
     let directory = PhoneDirectory::new(phones);
@@ -54,14 +75,7 @@ pub async fn rig(ip: &str, phones: Vec<PhoneInfo>, settings: Settings, timers: T
         tree: ProvisioningTree::new(None, Vec::new(), Placeholders::new(), directory.clone()),
         shutdown: shutdown.clone(),
     };
-    let config = SipConfig {
-        port: 5060,
-        tcp: true,
-        domain: None,
-        rtp_ports: 42000..=42099,
-        max_calls: 4,
-        timers,
-    };
+
     let (service, handle) = phonerig_sip::start(ctx, config, settings)
         .await
         .expect("sip service starts");
