@@ -102,6 +102,24 @@ async fn common_boot_then_listed_files_then_register_and_action_urls() {
     );
     assert_eq!(register.user_agent, "Lvswitch SIP-H680 2.0.0.3");
 
+    // NOTIFY check-sync: 200 and the boot file and its configs again; anything else 489.
+    let fetched = http
+        .paths_from(phone_ip)
+        .iter()
+        .filter(|p| p.starts_with("h680/"))
+        .count();
+    let phone_sip = std::net::SocketAddr::new(phone_ip, 5060);
+    assert_eq!(sip.notify(phone_sip, "check-sync").await, Some(200));
+    eventually("provisioning again", WAIT, || {
+        http.paths_from(phone_ip)
+            .iter()
+            .filter(|p| p.starts_with("h680/"))
+            .count()
+            == fetched + 3
+    })
+    .await;
+    assert_eq!(sip.notify(phone_sip, "talk").await, Some(489));
+
     // Without common.boot the phone falls back to common.cfg and <mac>.cfg.
     control(dir.path(), "noboot", "POWER ON").await;
     let other_ip = IpAddr::V4(Ipv4Addr::new(127, 57, 1, 11));
