@@ -70,7 +70,13 @@ pub(crate) struct Calls {
 }
 
 impl Calls {
-    fn insert(&self, call: Call) -> Arc<tokio::sync::Mutex<Call>> {
+    /// Adds a call unless `max` calls are live already (checked and inserted
+    /// under one lock, so concurrent INVITEs cannot overshoot the bound).
+    fn insert(&self, call: Call, max: usize) -> Option<Arc<tokio::sync::Mutex<Call>>> {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if live.len() >= max {
+            return None;
+        }
         let meta = CallMeta {
             role: call.role.clone(),
             dialog: call.dialog.clone(),
@@ -85,11 +91,8 @@ impl Calls {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(call_id.clone(), meta);
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(call_id, shared.clone());
-        shared
+        live.insert(call_id, shared.clone());
+        Some(shared)
     }
 
     fn get(&self, call_id: &str) -> Option<Arc<tokio::sync::Mutex<Call>>> {
@@ -363,18 +366,6 @@ async fn new_inbound(core: &Arc<Core>, invite: SipMsg, peer: SocketAddr, transpo
         .await;
         return;
     }
-    if core.calls.active() >= core.config.max_calls {
-        core.respond(
-            &invite,
-            response_to(&invite, Some(&tag))
-                .header("Warning", "399 phonerig \"max_calls reached\""),
-            486,
-            peer,
-            transport,
-        )
-        .await;
-        return;
-    }
     let (socket, lease) = match core.rtp_pool.bind(core.ctx.bind_ip).await {
         Ok(bound) => bound,
         Err(error) => {
@@ -409,7 +400,7 @@ async fn new_inbound(core: &Arc<Core>, invite: SipMsg, peer: SocketAddr, transpo
         phone: phone_name(core, &remote_user, peer),
         remote_user,
         direction: CallDirection::Inbound,
-        dialog: None,
+        dialog: core.inbound_label(&ext),
         state: CallState::Ringing,
         local_tag: tag.clone(),
         remote_tag: invite.from_tag(),
@@ -433,7 +424,12 @@ async fn new_inbound(core: &Arc<Core>, invite: SipMsg, peer: SocketAddr, transpo
         cancel_requested: false,
         held_by_remote: false,
     };
-    let shared = core.calls.insert(call);
+    let Some(shared) = core.calls.insert(call, core.config.max_calls) else {
+        let busy = response_to(&invite, Some(&tag))
+            .header("Warning", "399 phonerig \"max_calls reached\"");
+        core.respond(&invite, busy, 486, peer, transport).await;
+        return;
+    };
     let mut call = shared.lock().await;
     core.respond(&invite, response_to(&invite, None), 100, peer, transport)
         .await;
@@ -773,7 +769,9 @@ pub(crate) async fn place(
         .request(rsip::Method::Invite, &request_uri)?;
     call.invite = invite.clone();
     let call_id = CallId(call.call_id.clone());
-    let shared = core.calls.insert(call);
+    let Some(shared) = core.calls.insert(call, core.config.max_calls) else {
+        anyhow::bail!("max_calls ({}) reached", core.config.max_calls);
+    };
     let events = core.invite_client(invite, dest, transport);
     tokio::spawn(drive_outbound(core.clone(), shared, events));
     Ok(call_id)

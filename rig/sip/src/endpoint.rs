@@ -50,6 +50,7 @@ pub(crate) struct Core {
     pub calls: Calls,
     pub rtp_pool: Arc<PortPool>,
     answer_policies: Mutex<BTreeMap<String, AnswerPolicy>>,
+    inbound_labels: Mutex<BTreeMap<String, String>>,
     client_transactions: Mutex<HashMap<String, mpsc::UnboundedSender<SipMsg>>>,
     server_transactions: Mutex<HashMap<ServerKey, ServerEntry>>,
     inbox: Mutex<
@@ -83,6 +84,7 @@ impl Core {
             extensions: settings.extensions(),
             registrar: Registrar::new(domain.clone(), algorithm, settings.register.clone()),
             answer_policies: Mutex::new(settings.answer.clone()),
+            inbound_labels: Mutex::new(BTreeMap::new()),
             rtp_pool: Arc::new(PortPool::new(config.rtp_ports.clone())),
             calls: Calls::default(),
             client_transactions: Mutex::new(HashMap::new()),
@@ -524,6 +526,26 @@ impl Core {
                 .unwrap_or(registration.source);
         }
         registration.source
+    }
+
+    /// The label calls arriving at `ext` carry in their events.
+    pub fn inbound_label(&self, ext: &str) -> Option<String> {
+        self.inbound_labels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(ext)
+            .cloned()
+    }
+
+    pub fn set_inbound_label(&self, ext: &str, label: Option<String>) {
+        let mut labels = self
+            .inbound_labels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match label {
+            Some(label) => labels.insert(ext.to_owned(), label),
+            None => labels.remove(ext),
+        };
     }
 
     pub fn answer_policy(&self, ext: &str) -> AnswerPolicy {

@@ -279,6 +279,12 @@ impl SipHandle {
         self.core.set_answer_policy(ext, policy);
     }
 
+    /// Labels the calls that arrive at `ext` from now on (`dialog` in their
+    /// events), e.g. `silent` for the call a panic button places; `None` clears it.
+    pub fn set_inbound_dialog(&self, ext: &str, label: Option<&str>) {
+        self.core.set_inbound_label(ext, label.map(str::to_owned));
+    }
+
     /// Answers the call ringing at `ext`.
     pub async fn answer(&self, ext: &str) -> anyhow::Result<()> {
         call::answer(&self.core, ext).await

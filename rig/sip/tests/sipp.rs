@@ -356,6 +356,8 @@ async fn sipp_phone_calls_an_extension_the_rig_plays_and_is_answered() {
         Timers::default(),
     )
     .await;
+    // The phone's panic button places a silent call to 4004: the scenario labels it.
+    rig.handle.set_inbound_dialog("4004", Some("silent"));
     let output = sipp(&[
         "127.79.4.1:5060",
         "-sf",
@@ -392,6 +394,7 @@ async fn sipp_phone_calls_an_extension_the_rig_plays_and_is_answered() {
     assert_eq!(answered.field_str("remote"), Some("4002"));
     assert_eq!(answered.field_str("direction"), Some("inbound"));
     assert_eq!(answered.field_str("local_sdp_direction"), Some("sendrecv"));
+    assert_eq!(answered.field_str("dialog"), Some("silent"));
     assert_eq!(answered.phone.as_deref(), Some("uc924"));
     let heard = rig
         .events("rtp.started")
