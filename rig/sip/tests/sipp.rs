@@ -126,6 +126,61 @@ async fn sipp_phone_registers_with_md5_digest_and_unregisters() {
 }
 
 #[tokio::test]
+async fn sipp_phone_registers_over_tcp() {
+    if !sipp_available() {
+        return;
+    }
+    let rig = rig(
+        "127.79.7.1",
+        vec![phone("uc924", "4002", "001a4d5c258d")],
+        Settings::default(),
+        Timers::default(),
+    )
+    .await;
+    let output = sipp(&[
+        "127.79.7.1:5060",
+        "-t",
+        "t1",
+        "-sf",
+        &scenario("uac_register_auth.xml"),
+        "-i",
+        "127.79.7.2",
+        "-p",
+        "5062",
+        "-s",
+        "4002",
+        "-au",
+        "4002",
+        "-ap",
+        "secret",
+        "-m",
+        "1",
+    ])
+    .await
+    .unwrap();
+    assert_sipp_ok(&output, &rig);
+    let results: Vec<(String, String)> = rig
+        .events("sip.register")
+        .iter()
+        .map(|e| {
+            (
+                e.field_str("result").unwrap().to_owned(),
+                e.field_str("transport").unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("challenged".into(), "tcp".into()),
+            ("ok".into(), "tcp".into()),
+            ("unregistered".into(), "tcp".into())
+        ]
+    );
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn sipp_phone_gets_notify_check_sync_and_reboot_and_challenges_them() {
     if !sipp_available() {
         return;
