@@ -335,32 +335,68 @@ impl SipHandle {
 mod tests {
     use super::*;
 
+    /// The example of docs/sip.md, as a scenario's `[serve.sip]` table.
+    const DOC_EXAMPLE: &str = r#"
+extensions = ["4004", "4006"]
+auth = "md5"
+register = "accept"
+auto_answer_header = "alert-info"
+audio = "tone"
+
+[answer]
+"4004" = "immediately"
+"4006" = { after = "3s" }
+"#;
+
     #[test]
-    fn settings_from_toml() {
-        let settings: Settings = toml_like(
-            r#"{"extensions":["4004"],"register":{"reject":{"code":403}},"auth":"sha-256",
-                "answer":{"4004":{"after":"3s"},"4006":"ring","4008":{"reject":486}},"auto_answer_header":"call-info"}"#,
-        );
-        assert_eq!(settings.register, RegisterPolicy::Reject { code: 403 });
+    fn documented_settings_parse() {
+        let settings: Settings = toml::from_str(DOC_EXAMPLE).unwrap();
+        assert_eq!(settings.register, RegisterPolicy::Accept);
+        assert_eq!(settings.answer["4004"], AnswerPolicy::Immediately);
         assert_eq!(
-            settings.answer["4004"],
+            settings.answer["4006"],
             AnswerPolicy::After(HumanDuration(Duration::from_secs(3)))
         );
+        assert_eq!(
+            settings.auth_algorithm().unwrap(),
+            Some(digest::Algorithm::Md5)
+        );
+        assert_eq!(settings.audio, Audio::Tone);
+    }
+
+    #[test]
+    fn every_policy_form_parses() {
+        let settings: Settings = toml::from_str(
+            r#"
+register = { reject = { code = 403 } }
+auth = "sha-256"
+[answer]
+"4006" = "ring"
+"4008" = { reject = 486 }
+"#,
+        )
+        .unwrap();
+        assert_eq!(settings.register, RegisterPolicy::Reject { code: 403 });
         assert_eq!(settings.answer["4006"], AnswerPolicy::Ring);
         assert_eq!(settings.answer["4008"], AnswerPolicy::Reject(486));
         assert_eq!(
             settings.auth_algorithm().unwrap(),
             Some(digest::Algorithm::Sha256)
         );
-        let forever: Settings = toml_like(r#"{"register":"challenge_forever"}"#);
+        let forever: Settings = toml::from_str(r#"register = "challenge_forever""#).unwrap();
         assert_eq!(forever.register, RegisterPolicy::ChallengeForever);
         assert_eq!(forever.extensions(), vec!["4004", "4006"]);
-        assert!(serde_json::from_str::<Settings>(r#"{"extension":["1"]}"#).is_err());
-        let bad: Settings = toml_like(r#"{"auth":"sha-1"}"#);
+        assert_eq!(
+            forever.auth_algorithm().unwrap(),
+            Some(digest::Algorithm::Md5)
+        );
+        assert!(
+            toml::from_str::<Settings>(r#"extension = ["1"]"#).is_err(),
+            "unknown keys are refused"
+        );
+        let none: Settings = toml::from_str(r#"auth = "none""#).unwrap();
+        assert_eq!(none.auth_algorithm().unwrap(), None);
+        let bad: Settings = toml::from_str(r#"auth = "sha-1""#).unwrap();
         assert!(bad.auth_algorithm().is_err());
-    }
-
-    fn toml_like(json: &str) -> Settings {
-        serde_json::from_str(json).unwrap()
     }
 }
