@@ -449,3 +449,103 @@ async fn rig_calls_a_registered_phone_which_declines_then_answers() {
     assert_eq!(ended.field_u64("code"), None);
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn answer_is_retransmitted_until_acked_and_a_repeated_invite_gets_it_again() {
+    let rig = rig(
+        "127.78.14.1",
+        vec![phone("uc924", "4002", "001a4d5c258d")],
+        Settings::default(),
+        support::fast_timers(),
+    )
+    .await;
+    let phone = UdpPhone::new("127.78.14.2", rig.addr).await;
+    let invite = phone.request(
+        "INVITE",
+        "4004",
+        ("rtx-1", 1, "z9hG4bKrtx"),
+        None,
+        Some(&offer("127.78.14.2", 7100, "sendrecv")),
+    );
+    phone.send(&invite).await;
+    let first_ok = phone.expect(200).await;
+    // No ACK yet: the 200 comes again (timer G-like doubling from T1 = 20 ms).
+    for _ in 0..3 {
+        let again = phone.expect(200).await;
+        assert_eq!(
+            again.raw, first_ok.raw,
+            "a retransmission is the same message"
+        );
+    }
+    // The INVITE repeated (as if our 200 was lost): the server transaction answers with the same 200.
+    phone.send(&invite).await;
+    assert_eq!(phone.expect(200).await.raw, first_ok.raw);
+    let to_tag = first_ok.to_tag().unwrap();
+    phone
+        .send(&phone.request(
+            "ACK",
+            "4004",
+            ("rtx-1", 1, "z9hG4bKrtxack"),
+            Some(&to_tag),
+            None,
+        ))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sent_before = rig
+        .events("sip.message")
+        .iter()
+        .filter(|e| e.field_u64("status") == Some(200))
+        .count();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent_after = rig
+        .events("sip.message")
+        .iter()
+        .filter(|e| e.field_u64("status") == Some(200))
+        .count();
+    assert_eq!(
+        sent_before, sent_after,
+        "retransmission stopped after the ACK"
+    );
+    assert_eq!(
+        rig.events("call.state")
+            .iter()
+            .filter(|e| e.field_str("state") == Some("answered"))
+            .count(),
+        1,
+        "one call, not two"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn invite_to_a_silent_phone_is_retransmitted_then_times_out() {
+    let uc924 = phone("uc924", "4002", "001a4d5c258d");
+    let rig = rig(
+        "127.78.15.1",
+        vec![uc924.clone()],
+        Settings::default(),
+        support::fast_timers(),
+    )
+    .await;
+    let silent = UdpSocket::bind("127.78.15.2:0").await.unwrap();
+    let opts = phonerig_sip::CallOptions {
+        target: Some(silent.local_addr().unwrap()),
+        ..Default::default()
+    };
+    rig.handle.call("4004", &uc924, opts).await.unwrap();
+    let ended = rig
+        .wait_for("ended", WAIT, |e| is(e, "call.state", "state", "ended"))
+        .await;
+    assert_eq!(ended.field_u64("code"), Some(408));
+    let mut sends = 0;
+    let mut buf = vec![0u8; 8192];
+    while let Ok(Ok((n, _))) =
+        tokio::time::timeout(Duration::from_millis(100), silent.recv_from(&mut buf)).await
+    {
+        assert_eq!(SipMsg::parse(&buf[..n]).unwrap().method(), "INVITE");
+        sends += 1;
+    }
+    // Timer A doubles without a cap: 0, 20, 60, 140, 300, 620 ms — six sends in 64·T1 = 1280 ms.
+    assert!((4..=8).contains(&sends), "{sends} INVITE transmissions");
+    rig.stop().await;
+}
