@@ -38,30 +38,59 @@ pub struct PhoneDirectory {
 impl std::fmt::Debug for PhoneDirectory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
-        f.debug_struct("PhoneDirectory").field("phones", &tables.phones.len()).finish()
+        f.debug_struct("PhoneDirectory")
+            .field("phones", &tables.phones.len())
+            .finish()
     }
 }
 
 impl PhoneDirectory {
     pub fn new(phones: impl IntoIterator<Item = PhoneInfo>) -> Self {
         let phones = phones.into_iter().map(Arc::new).collect();
-        PhoneDirectory { tables: Arc::new(RwLock::new(Tables { phones, by_ip: HashMap::new() })) }
+        PhoneDirectory {
+            tables: Arc::new(RwLock::new(Tables {
+                phones,
+                by_ip: HashMap::new(),
+            })),
+        }
     }
 
     pub fn phones(&self) -> Vec<Arc<PhoneInfo>> {
-        self.tables.read().unwrap_or_else(|p| p.into_inner()).phones.clone()
+        self.tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .phones
+            .clone()
     }
 
     pub fn by_mac(&self, mac: &Mac) -> Option<Arc<PhoneInfo>> {
-        self.tables.read().unwrap_or_else(|p| p.into_inner()).phones.iter().find(|p| &p.mac == mac).cloned()
+        self.tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .phones
+            .iter()
+            .find(|p| &p.mac == mac)
+            .cloned()
     }
 
     pub fn by_name(&self, name: &str) -> Option<Arc<PhoneInfo>> {
-        self.tables.read().unwrap_or_else(|p| p.into_inner()).phones.iter().find(|p| p.name == name).cloned()
+        self.tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .phones
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
     }
 
     pub fn by_ext(&self, ext: &str) -> Option<Arc<PhoneInfo>> {
-        self.tables.read().unwrap_or_else(|p| p.into_inner()).phones.iter().find(|p| p.ext == ext).cloned()
+        self.tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .phones
+            .iter()
+            .find(|p| p.ext == ext)
+            .cloned()
     }
 
     pub fn by_ip(&self, ip: IpAddr) -> Option<Arc<PhoneInfo>> {
@@ -76,7 +105,11 @@ impl PhoneDirectory {
         tables
             .phones
             .iter()
-            .find(|p| lowered.contains(&p.mac.lower()) || lowered.contains(&p.mac.colon()) || lowered.contains(&p.mac.colon().replace(':', "-")))
+            .find(|p| {
+                lowered.contains(&p.mac.lower())
+                    || lowered.contains(&p.mac.colon())
+                    || lowered.contains(&p.mac.colon().replace(':', "-"))
+            })
             .cloned()
     }
 
@@ -90,12 +123,17 @@ impl PhoneDirectory {
     }
 
     pub fn unbind_ip(&self, ip: IpAddr) {
-        self.tables.write().unwrap_or_else(|p| p.into_inner()).by_ip.remove(&ip);
+        self.tables
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_ip
+            .remove(&ip);
     }
 
     /// Best guess at who sent a request: address first, then a MAC in the path or User-Agent.
     pub fn identify(&self, ip: IpAddr, hints: &[&str]) -> Option<Arc<PhoneInfo>> {
-        self.by_ip(ip).or_else(|| hints.iter().find_map(|h| self.by_mac_in(h)))
+        self.by_ip(ip)
+            .or_else(|| hints.iter().find_map(|h| self.by_mac_in(h)))
     }
 }
 
@@ -129,7 +167,12 @@ mod tests {
         let dir = PhoneDirectory::new([phone("a", "001a4d5c258d")]);
         assert_eq!(dir.by_mac_in("/cfg001a4d5c258d.xml").unwrap().name, "a");
         assert_eq!(dir.by_mac_in("/Config001A4D5C258D.cfg").unwrap().name, "a");
-        assert_eq!(dir.by_mac_in("Htek UC924 2.0.4.2 00:1a:4d:5c:25:8d").unwrap().name, "a");
+        assert_eq!(
+            dir.by_mac_in("Htek UC924 2.0.4.2 00:1a:4d:5c:25:8d")
+                .unwrap()
+                .name,
+            "a"
+        );
         assert!(dir.by_mac_in("/cfg0012.xml").is_none());
     }
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serializer};
 
 pub fn parse(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 500ms, 30s, 3m"))
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 500ms, 30s, 3m"))
 }
 
 pub fn format(duration: Duration) -> String {

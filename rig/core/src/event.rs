@@ -120,7 +120,12 @@ impl Event {
         if let Some(phone) = &self.phone {
             out.push_str(&format!(" [{phone}]"));
         }
-        for (key, value) in self.fields.iter().filter(|(k, _)| k.as_str() != "raw").take(6) {
+        for (key, value) in self
+            .fields
+            .iter()
+            .filter(|(k, _)| k.as_str() != "raw")
+            .take(6)
+        {
             let shown = match value {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
@@ -143,7 +148,12 @@ pub struct NewEvent {
 
 impl NewEvent {
     pub fn new(source: Source, kind: impl Into<String>) -> Self {
-        NewEvent { source, phone: None, kind: kind.into(), fields: Map::new() }
+        NewEvent {
+            source,
+            phone: None,
+            kind: kind.into(),
+            fields: Map::new(),
+        }
     }
 
     pub fn phone(mut self, phone: Option<impl Into<String>>) -> Self {
@@ -152,7 +162,10 @@ impl NewEvent {
     }
 
     pub fn field(mut self, name: &str, value: impl Serialize) -> Self {
-        self.fields.insert(name.to_owned(), serde_json::to_value(value).unwrap_or(Value::Null));
+        self.fields.insert(
+            name.to_owned(),
+            serde_json::to_value(value).unwrap_or(Value::Null),
+        );
         self
     }
 

@@ -15,7 +15,7 @@ pub mod tree;
 pub use directory::{PhoneDirectory, PhoneInfo};
 pub use event::{Event, Source};
 pub use mac::Mac;
+pub use placeholder::{Placeholders, RigEndpoints};
 pub use service::{RunningService, ServiceContext};
 pub use timeline::{Timeline, TimelineReader};
-pub use placeholder::{Placeholders, RigEndpoints};
 pub use tree::{FileRule, ProvisioningTree, ResolveError, ServedFile};

@@ -28,7 +28,11 @@ impl Mac {
 
     /// `00:1a:4d:5c:25:8d` — the form on labels and in VoIPstudio's panel.
     pub fn colon(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+        self.0
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
     }
 
     pub fn octets(&self) -> [u8; 6] {
@@ -41,8 +45,13 @@ impl FromStr for Mac {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let trimmed = text.trim();
-        let digits: String = trimmed.chars().filter(|c| !matches!(c, ':' | '-' | '.' | ' ')).collect();
-        let error = || MacError { text: text.to_owned() };
+        let digits: String = trimmed
+            .chars()
+            .filter(|c| !matches!(c, ':' | '-' | '.' | ' '))
+            .collect();
+        let error = || MacError {
+            text: text.to_owned(),
+        };
         if digits.len() != 12 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(error());
         }
@@ -136,6 +145,9 @@ mod tests {
     #[test]
     fn serde_round_trip_uses_colon_form() {
         let mac: Mac = serde_json::from_str("\"001A4D5C258D\"").unwrap();
-        assert_eq!(serde_json::to_string(&mac).unwrap(), "\"00:1a:4d:5c:25:8d\"");
+        assert_eq!(
+            serde_json::to_string(&mac).unwrap(),
+            "\"00:1a:4d:5c:25:8d\""
+        );
     }
 }

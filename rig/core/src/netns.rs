@@ -11,14 +11,20 @@ use nix::sched::{setns, CloneFlags};
 /// Runs `make` on a fresh thread that has entered network namespace `name`
 /// (`/var/run/netns/<name>`). Sockets created there stay in that namespace
 /// after the thread ends, so they can be handed to tokio.
-pub fn in_netns<T: Send + 'static>(name: &str, make: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+pub fn in_netns<T: Send + 'static>(
+    name: &str,
+    make: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
     let path = format!("/var/run/netns/{name}");
     let handle = std::thread::spawn(move || -> io::Result<T> {
         let ns = File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
-        setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| io::Error::other(format!("setns {path}: {e}")))?;
+        setns(&ns, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| io::Error::other(format!("setns {path}: {e}")))?;
         make()
     });
-    handle.join().map_err(|_| io::Error::other("netns thread panicked"))?
+    handle
+        .join()
+        .map_err(|_| io::Error::other("netns thread panicked"))?
 }
 
 fn ip(args: &[&str]) -> io::Result<()> {
@@ -26,7 +32,11 @@ fn ip(args: &[&str]) -> io::Result<()> {
     if output.status.success() {
         Ok(())
     } else {
-        Err(io::Error::other(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim())))
+        Err(io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
     }
 }
 
@@ -55,7 +65,10 @@ impl VethPair {
         let _ = ip(&["netns", "del", &pair.b]);
         ip(&["netns", "add", &pair.a])?;
         ip(&["netns", "add", &pair.b])?;
-        ip(&["link", "add", &pair.a_if, "netns", &pair.a, "type", "veth", "peer", "name", &pair.b_if, "netns", &pair.b])?;
+        ip(&[
+            "link", "add", &pair.a_if, "netns", &pair.a, "type", "veth", "peer", "name",
+            &pair.b_if, "netns", &pair.b,
+        ])?;
         ip(&["-n", &pair.a, "addr", "add", a_cidr, "dev", &pair.a_if])?;
         if let Some(b_cidr) = b_cidr {
             ip(&["-n", &pair.b, "addr", "add", b_cidr, "dev", &pair.b_if])?;
@@ -90,15 +103,21 @@ impl Drop for VethPair {
     }
 }
 
+/// A test's prerequisite is missing and the test was skipped (its reason printed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped;
+
 /// For tests: `Ok(())` to go on, or prints `SKIPPED: …` and returns `Err` to
 /// return early — except under CI (`CI` set), where a missing prerequisite panics.
-pub fn require(what: Result<(), String>) -> Result<(), ()> {
+pub fn require(what: Result<(), String>) -> Result<(), Skipped> {
     match what {
         Ok(()) => Ok(()),
-        Err(reason) if std::env::var_os("CI").is_some() => panic!("prerequisite missing under CI: {reason}"),
+        Err(reason) if std::env::var_os("CI").is_some() => {
+            panic!("prerequisite missing under CI: {reason}")
+        }
         Err(reason) => {
             eprintln!("SKIPPED: {reason}");
-            Err(())
+            Err(Skipped)
         }
     }
 }
@@ -127,15 +146,37 @@ mod tests {
         let names;
         {
             let pair = VethPair::create("tn", "198.18.200.1/24", Some("198.18.200.2/24")).unwrap();
-            let out = Command::new("ip").args(["netns", "exec", &pair.b, "ping", "-c1", "-W2", "198.18.200.1"]).output().unwrap();
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &pair.b,
+                    "ping",
+                    "-c1",
+                    "-W2",
+                    "198.18.200.1",
+                ])
+                .output()
+                .unwrap();
             if require(program("ping")).is_ok() {
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             let socket = in_netns(&pair.a, || std::net::UdpSocket::bind("198.18.200.1:0")).unwrap();
             assert!(socket.local_addr().unwrap().ip().to_string() == "198.18.200.1");
             names = (pair.a.clone(), pair.b.clone());
         }
-        let list = String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
+        let list = String::from_utf8(
+            Command::new("ip")
+                .args(["netns", "list"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
         assert!(!list.contains(&names.0) && !list.contains(&names.1));
     }
 }

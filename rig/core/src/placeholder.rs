@@ -103,18 +103,28 @@ impl Placeholders {
                 offset += pos + 2;
                 continue;
             }
-            if tail.starts_with('}') {
+            if let Some(after) = tail.strip_prefix('}') {
                 out.push('}');
-                rest = &tail[1..];
+                rest = after;
                 offset += pos + 1;
                 continue;
             }
-            let close = tail.find('}').ok_or(PlaceholderError::Unclosed { at: offset + pos })?;
+            let close = tail
+                .find('}')
+                .ok_or(PlaceholderError::Unclosed { at: offset + pos })?;
             let name = &tail[1..close];
-            let value = self.values.get(name).ok_or_else(|| PlaceholderError::Unknown {
-                name: name.to_owned(),
-                known: self.values.keys().map(|k| format!("{{{k}}}")).collect::<Vec<_>>().join(", "),
-            })?;
+            let value = self
+                .values
+                .get(name)
+                .ok_or_else(|| PlaceholderError::Unknown {
+                    name: name.to_owned(),
+                    known: self
+                        .values
+                        .keys()
+                        .map(|k| format!("{{{k}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
             out.push_str(value);
             rest = &tail[close + 1..];
             offset += pos + close + 1;
@@ -143,7 +153,14 @@ mod tests {
             password: "secret".into(),
             devcode: Some("0012".into()),
         };
-        let rig = RigEndpoints { ip: "198.18.0.1".into(), http_port: 80, https_port: 8443, tftp_port: 69, ftp_port: 2121, sip_port: 5060 };
+        let rig = RigEndpoints {
+            ip: "198.18.0.1".into(),
+            http_port: 80,
+            https_port: 8443,
+            tftp_port: 69,
+            ftp_port: 2121,
+            sip_port: 5060,
+        };
         Placeholders::new().with_rig(&rig).with_phone(&phone)
     }
 
@@ -180,6 +197,9 @@ mod tests {
 
     #[test]
     fn unclosed_brace_is_an_error() {
-        assert_eq!(sample().expand("cfg{phone.mac").unwrap_err(), PlaceholderError::Unclosed { at: 3 });
+        assert_eq!(
+            sample().expand("cfg{phone.mac").unwrap_err(),
+            PlaceholderError::Unclosed { at: 3 }
+        );
     }
 }

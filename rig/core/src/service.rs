@@ -39,7 +39,11 @@ impl RunningService {
     pub async fn join(self, timeline: &Timeline) {
         if let Err(error) = self.task.await {
             if error.is_panic() {
-                timeline.publish(NewEvent::new(Source::Rig, "service.panicked").field("service", self.name).field("error", error.to_string()));
+                timeline.publish(
+                    NewEvent::new(Source::Rig, "service.panicked")
+                        .field("service", self.name)
+                        .field("error", error.to_string()),
+                );
             }
         }
     }

@@ -36,7 +36,10 @@ pub struct Timeline {
 
 impl std::fmt::Debug for Timeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Timeline").field("path", &self.inner.path).field("len", &self.len()).finish()
+        f.debug_struct("Timeline")
+            .field("path", &self.inner.path)
+            .field("len", &self.len())
+            .finish()
     }
 }
 
@@ -46,7 +49,11 @@ impl Timeline {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let file = OpenOptions::new().create(true).write(true).truncate(true).open(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(path)?;
         Ok(Self::build(Some(file), Some(path.to_owned())))
     }
 
@@ -84,7 +91,11 @@ impl Timeline {
 
     pub fn publish(&self, event: NewEvent) -> Arc<Event> {
         let mut writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let mut history = self.inner.history.write().unwrap_or_else(|p| p.into_inner());
+        let mut history = self
+            .inner
+            .history
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         let seq = history.len() as u64;
         let t_us = self.now_us();
         let wall = self.inner.started_wall + time::Duration::microseconds(t_us as i64);
@@ -112,12 +123,26 @@ impl Timeline {
     }
 
     /// Shorthand for `publish(NewEvent::new(..))` with fields from a payload.
-    pub fn emit(&self, source: Source, kind: &str, phone: Option<&str>, payload: &impl serde::Serialize) -> Arc<Event> {
-        self.publish(NewEvent::new(source, kind).phone(phone).fields_from(payload))
+    pub fn emit(
+        &self,
+        source: Source,
+        kind: &str,
+        phone: Option<&str>,
+        payload: &impl serde::Serialize,
+    ) -> Arc<Event> {
+        self.publish(
+            NewEvent::new(source, kind)
+                .phone(phone)
+                .fields_from(payload),
+        )
     }
 
     pub fn len(&self) -> usize {
-        self.inner.history.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.inner
+            .history
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -127,7 +152,10 @@ impl Timeline {
     /// Events with `seq >= from`.
     pub fn since(&self, from: u64) -> Vec<Arc<Event>> {
         let history = self.inner.history.read().unwrap_or_else(|p| p.into_inner());
-        history.get(from as usize..).map(<[_]>::to_vec).unwrap_or_default()
+        history
+            .get(from as usize..)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default()
     }
 
     pub fn snapshot(&self) -> Vec<Arc<Event>> {
@@ -136,7 +164,11 @@ impl Timeline {
 
     /// A cursor that sees every event published from now on (or from `from`).
     pub fn reader_from(&self, from: u64) -> TimelineReader {
-        TimelineReader { timeline: self.clone(), next: from, changes: self.inner.count.subscribe() }
+        TimelineReader {
+            timeline: self.clone(),
+            next: from,
+            changes: self.inner.count.subscribe(),
+        }
     }
 
     pub fn reader(&self) -> TimelineReader {
@@ -165,7 +197,12 @@ impl TimelineReader {
     }
 
     pub fn try_next(&mut self) -> Option<Arc<Event>> {
-        let history = self.timeline.inner.history.read().unwrap_or_else(|p| p.into_inner());
+        let history = self
+            .timeline
+            .inner
+            .history
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         let event = history.get(self.next as usize).cloned();
         if event.is_some() {
             self.next += 1;
@@ -191,7 +228,10 @@ mod tests {
         for i in 0..50 {
             timeline.publish(NewEvent::new(Source::Rig, "test.tick").field("i", i));
         }
-        let lines: Vec<String> = std::io::BufReader::new(File::open(&path).unwrap()).lines().map(Result::unwrap).collect();
+        let lines: Vec<String> = std::io::BufReader::new(File::open(&path).unwrap())
+            .lines()
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(lines.len(), 50);
         for (i, line) in lines.iter().enumerate() {
             let event: Event = serde_json::from_str(line).unwrap();
@@ -224,14 +264,21 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             publisher.publish(NewEvent::new(Source::Dhcp, "dhcp.ack"));
         });
-        let event = tokio::time::timeout(std::time::Duration::from_secs(5), reader.next()).await.unwrap().unwrap();
+        let event = tokio::time::timeout(std::time::Duration::from_secs(5), reader.next())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(event.kind, "dhcp.ack");
     }
 
     #[test]
     fn timestamps_never_go_backwards() {
         let timeline = Timeline::in_memory();
-        let events: Vec<_> = (0..1000).map(|_| timeline.publish(NewEvent::new(Source::Rig, "t"))).collect();
-        assert!(events.windows(2).all(|w| w[0].t_us <= w[1].t_us && w[0].seq + 1 == w[1].seq));
+        let events: Vec<_> = (0..1000)
+            .map(|_| timeline.publish(NewEvent::new(Source::Rig, "t")))
+            .collect();
+        assert!(events
+            .windows(2)
+            .all(|w| w[0].t_us <= w[1].t_us && w[0].seq + 1 == w[1].seq));
     }
 }

@@ -74,7 +74,10 @@ pub enum ResolveError {
     NotFound,
     /// A scenario forced this answer.
     #[error("forced status {status}")]
-    Forced { status: u16, delay: Option<Duration> },
+    Forced {
+        status: u16,
+        delay: Option<Duration>,
+    },
 }
 
 impl ResolveError {
@@ -99,7 +102,9 @@ pub struct ProvisioningTree {
 /// Turns a request path into a safe relative path or refuses it.
 pub fn normalise_request_path(raw: &str) -> Result<String, ResolveError> {
     if raw.len() > MAX_PATH_LEN {
-        return Err(ResolveError::Refused(format!("path longer than {MAX_PATH_LEN} bytes")));
+        return Err(ResolveError::Refused(format!(
+            "path longer than {MAX_PATH_LEN} bytes"
+        )));
     }
     if raw.contains('\0') {
         return Err(ResolveError::Refused("NUL in path".into()));
@@ -114,7 +119,9 @@ pub fn normalise_request_path(raw: &str) -> Result<String, ResolveError> {
     for component in Path::new(trimmed).components() {
         match component {
             Component::Normal(part) => {
-                let part = part.to_str().ok_or_else(|| ResolveError::Refused("path is not UTF-8".into()))?;
+                let part = part
+                    .to_str()
+                    .ok_or_else(|| ResolveError::Refused("path is not UTF-8".into()))?;
                 if part.len() > MAX_COMPONENT_LEN {
                     return Err(ResolveError::Refused("path component too long".into()));
                 }
@@ -122,7 +129,9 @@ pub fn normalise_request_path(raw: &str) -> Result<String, ResolveError> {
             }
             Component::CurDir => {}
             Component::ParentDir => return Err(ResolveError::Refused("`..` in path".into())),
-            Component::RootDir | Component::Prefix(_) => return Err(ResolveError::Refused("absolute path".into())),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(ResolveError::Refused("absolute path".into()))
+            }
         }
     }
     if parts.is_empty() {
@@ -136,7 +145,9 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     fn inner(p: &[u8], t: &[u8]) -> bool {
         match (p.first(), t.first()) {
             (None, None) => true,
-            (Some(b'*'), _) => inner(&p[1..], t) || (!t.is_empty() && t[0] != b'/' && inner(p, &t[1..])),
+            (Some(b'*'), _) => {
+                inner(&p[1..], t) || (!t.is_empty() && t[0] != b'/' && inner(p, &t[1..]))
+            }
             (Some(b'?'), Some(c)) if *c != b'/' => inner(&p[1..], &t[1..]),
             (Some(a), Some(b)) if a == b => inner(&p[1..], &t[1..]),
             _ => false,
@@ -146,8 +157,18 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 }
 
 impl ProvisioningTree {
-    pub fn new(root: Option<PathBuf>, rules: Vec<FileRule>, base: Placeholders, directory: PhoneDirectory) -> Self {
-        ProvisioningTree { root, rules, base, directory }
+    pub fn new(
+        root: Option<PathBuf>,
+        rules: Vec<FileRule>,
+        base: Placeholders,
+        directory: PhoneDirectory,
+    ) -> Self {
+        ProvisioningTree {
+            root,
+            rules,
+            base,
+            directory,
+        }
     }
 
     pub fn root(&self) -> Option<&Path> {
@@ -167,7 +188,11 @@ impl ProvisioningTree {
 
     /// The rule matching `path`, with the phone whose placeholders made it match.
     /// A rule naming `{phone.*}` can identify the requester by itself (MAC in the file name).
-    fn matching_rule(&self, path: &str, requester: Option<&Arc<PhoneInfo>>) -> Option<(&FileRule, Option<Arc<PhoneInfo>>)> {
+    fn matching_rule(
+        &self,
+        path: &str,
+        requester: Option<&Arc<PhoneInfo>>,
+    ) -> Option<(&FileRule, Option<Arc<PhoneInfo>>)> {
         for rule in &self.rules {
             if Placeholders::mentions_phone(&rule.path) {
                 let candidates: Vec<Arc<PhoneInfo>> = match requester {
@@ -191,7 +216,11 @@ impl ProvisioningTree {
     }
 
     /// Decides what to answer for `raw_path` requested by `requester`.
-    pub fn resolve(&self, raw_path: &str, requester: Option<Arc<PhoneInfo>>) -> Result<ServedFile, ResolveError> {
+    pub fn resolve(
+        &self,
+        raw_path: &str,
+        requester: Option<Arc<PhoneInfo>>,
+    ) -> Result<ServedFile, ResolveError> {
         let path = normalise_request_path(raw_path)?;
         let (rule, phone) = match self.matching_rule(&path, requester.as_ref()) {
             Some((rule, phone)) => (Some(rule), phone),
@@ -203,13 +232,20 @@ impl ProvisioningTree {
                 return Err(ResolveError::NotFound);
             }
             if let Some(status) = rule.status.filter(|s| !(200..300).contains(s)) {
-                return Err(ResolveError::Forced { status, delay: rule.delay });
+                return Err(ResolveError::Forced {
+                    status,
+                    delay: rule.delay,
+                });
             }
             if let Some(content) = &rule.content {
-                let expanded = placeholders.expand(content).unwrap_or_else(|_| content.clone());
+                let expanded = placeholders
+                    .expand(content)
+                    .unwrap_or_else(|_| content.clone());
                 return Ok(ServedFile {
                     path,
-                    size: rule.truncate.map_or(expanded.len() as u64, |t| t.min(expanded.len() as u64)),
+                    size: rule
+                        .truncate
+                        .map_or(expanded.len() as u64, |t| t.min(expanded.len() as u64)),
                     body: Body::Bytes(Arc::new(expanded.into_bytes())),
                     delay: rule.delay,
                     truncate: rule.truncate,
@@ -246,9 +282,13 @@ impl ProvisioningTree {
         let root = self.root.as_ref().ok_or(ResolveError::NotFound)?;
         let root = root.canonicalize().map_err(|_| ResolveError::NotFound)?;
         let candidate = root.join(path);
-        let real = candidate.canonicalize().map_err(|_| ResolveError::NotFound)?;
+        let real = candidate
+            .canonicalize()
+            .map_err(|_| ResolveError::NotFound)?;
         if !real.starts_with(&root) {
-            return Err(ResolveError::Refused("path leaves the root through a symlink".into()));
+            return Err(ResolveError::Refused(
+                "path leaves the root through a symlink".into(),
+            ));
         }
         Ok(real)
     }
@@ -300,8 +340,14 @@ mod tests {
 
     #[test]
     fn overlong_paths_are_refused() {
-        assert!(matches!(normalise_request_path(&"a/".repeat(600)), Err(ResolveError::Refused(_))));
-        assert!(matches!(normalise_request_path(&"a".repeat(300)), Err(ResolveError::Refused(_))));
+        assert!(matches!(
+            normalise_request_path(&"a/".repeat(600)),
+            Err(ResolveError::Refused(_))
+        ));
+        assert!(matches!(
+            normalise_request_path(&"a".repeat(300)),
+            Err(ResolveError::Refused(_))
+        ));
     }
 
     #[rstest]
@@ -325,8 +371,16 @@ mod tests {
         let tree = ProvisioningTree::new(None, rules, base(), directory);
         let served = tree.resolve("/cfg001fc110d3a9.xml", None).unwrap();
         assert_eq!(served.phone.as_deref(), Some("uc924-1"));
-        assert_eq!(served.body, Body::Bytes(Arc::new(b"<P47>127.0.0.1:5060</P47><ext>4002</ext>".to_vec())));
-        assert_eq!(tree.resolve("/cfg001fc110d3aa.xml", None), Err(ResolveError::NotFound));
+        assert_eq!(
+            served.body,
+            Body::Bytes(Arc::new(
+                b"<P47>127.0.0.1:5060</P47><ext>4002</ext>".to_vec()
+            ))
+        );
+        assert_eq!(
+            tree.resolve("/cfg001fc110d3aa.xml", None),
+            Err(ResolveError::NotFound)
+        );
     }
 
     #[test]
@@ -336,14 +390,35 @@ mod tests {
         std::fs::write(dir.path().join("fw924.rom"), vec![7u8; 100]).unwrap();
         let directory = PhoneDirectory::new([phone()]);
         let rules = vec![
-            FileRule { path: "cfg{phone.devcode}.xml".into(), absent: true, ..FileRule::default() },
-            FileRule { path: "busy.xml".into(), status: Some(503), ..FileRule::default() },
-            FileRule { path: "fw*.rom".into(), truncate: Some(10), ..FileRule::default() },
+            FileRule {
+                path: "cfg{phone.devcode}.xml".into(),
+                absent: true,
+                ..FileRule::default()
+            },
+            FileRule {
+                path: "busy.xml".into(),
+                status: Some(503),
+                ..FileRule::default()
+            },
+            FileRule {
+                path: "fw*.rom".into(),
+                truncate: Some(10),
+                ..FileRule::default()
+            },
         ];
         let tree = ProvisioningTree::new(Some(dir.path().into()), rules, base(), directory.clone());
         let requester = directory.by_name("uc924-1");
-        assert_eq!(tree.resolve("cfg0012.xml", requester.clone()), Err(ResolveError::NotFound));
-        assert_eq!(tree.resolve("busy.xml", None), Err(ResolveError::Forced { status: 503, delay: None }));
+        assert_eq!(
+            tree.resolve("cfg0012.xml", requester.clone()),
+            Err(ResolveError::NotFound)
+        );
+        assert_eq!(
+            tree.resolve("busy.xml", None),
+            Err(ResolveError::Forced {
+                status: 503,
+                delay: None
+            })
+        );
         let firmware = tree.resolve("fw924.rom", requester).unwrap();
         assert_eq!(firmware.size, 10);
     }
@@ -353,8 +428,17 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), "s").unwrap();
         let root = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(outside.path().join("secret"), root.path().join("link")).unwrap();
-        let tree = ProvisioningTree::new(Some(root.path().into()), vec![], base(), PhoneDirectory::default());
-        assert!(matches!(tree.resolve("link", None), Err(ResolveError::Refused(_))));
+        std::os::unix::fs::symlink(outside.path().join("secret"), root.path().join("link"))
+            .unwrap();
+        let tree = ProvisioningTree::new(
+            Some(root.path().into()),
+            vec![],
+            base(),
+            PhoneDirectory::default(),
+        );
+        assert!(matches!(
+            tree.resolve("link", None),
+            Err(ResolveError::Refused(_))
+        ));
     }
 }
