@@ -18,6 +18,30 @@ pub struct SimHostConfig {
     pub phones: Vec<VirtualPhoneSpec>,
 }
 
+/// The ports the rig's file services listen on, used when a server address
+/// names no port (option 66 carries a bare IP for Panasonic's TFTP; a URL may
+/// leave the port out). On a real segment these are the standard ports; a
+/// loopback bench runs unprivileged ones, and its wire is where that mapping
+/// lives, so a phone's logic stays that of the real device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServicePorts {
+    pub tftp: u16,
+    pub http: u16,
+    pub https: u16,
+    pub ftp: u16,
+}
+
+impl Default for ServicePorts {
+    fn default() -> Self {
+        ServicePorts {
+            tftp: 69,
+            http: 80,
+            https: 443,
+            ftp: 21,
+        }
+    }
+}
+
 /// Where the phones' network interfaces are.
 #[derive(Debug, Clone)]
 pub enum Placement {
@@ -25,7 +49,11 @@ pub enum Placement {
     /// sends DISCOVER/REQUEST unicast from `127.0.0.1:<ephemeral>` to the rig's
     /// DHCP server, which answers to the source; after the lease it binds every
     /// socket to the leased 127.x address so the rig can tell phones apart.
-    Loopback { dhcp_server: SocketAddr },
+    Loopback {
+        dhcp_server: SocketAddr,
+        /// Where the rig's file services listen on this segment.
+        services: ServicePorts,
+    },
     /// Phones on a veth inside network namespace `netns`: one macvlan per
     /// phone carrying the phone's MAC, real broadcast DHCP on ports 67/68.
     Netns {

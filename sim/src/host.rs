@@ -75,9 +75,13 @@ impl SimHost {
         for spec in cfg.phones {
             let model = Model::find(&spec.model).expect("checked above");
             let (attachment, parent) = match &cfg.placement {
-                Placement::Loopback { dhcp_server } => (
+                Placement::Loopback {
+                    dhcp_server,
+                    services,
+                } => (
                     Attachment::Loopback {
                         dhcp_server: *dhcp_server,
+                        services: *services,
                     },
                     None,
                 ),

@@ -11,7 +11,7 @@ pub mod dhcp;
 pub mod fetch;
 pub mod model;
 
-pub use config::{Placement, SimHostConfig, Timing, VirtualPhoneSpec};
+pub use config::{Placement, ServicePorts, SimHostConfig, Timing, VirtualPhoneSpec};
 mod host;
 mod net;
 mod phone;

@@ -15,8 +15,14 @@ use crate::dhcp::Lease;
 
 #[derive(Debug, Clone)]
 pub(crate) enum Attachment {
-    Loopback { dhcp_server: SocketAddr },
-    Netns { netns: String, interface: String },
+    Loopback {
+        dhcp_server: SocketAddr,
+        services: crate::config::ServicePorts,
+    },
+    Netns {
+        netns: String,
+        interface: String,
+    },
 }
 
 fn ip(args: &[&str]) -> io::Result<()> {
@@ -98,7 +104,7 @@ impl Attachment {
 
     pub(crate) fn dhcp_target(&self) -> SocketAddr {
         match self {
-            Attachment::Loopback { dhcp_server } => *dhcp_server,
+            Attachment::Loopback { dhcp_server, .. } => *dhcp_server,
             Attachment::Netns { .. } => SocketAddr::from((Ipv4Addr::BROADCAST, 67)),
         }
     }
@@ -106,8 +112,16 @@ impl Attachment {
     /// Renewals go unicast to the server (loopback: the configured server address).
     pub(crate) fn renew_target(&self, lease: &Lease) -> SocketAddr {
         match self {
-            Attachment::Loopback { dhcp_server } => *dhcp_server,
+            Attachment::Loopback { dhcp_server, .. } => *dhcp_server,
             Attachment::Netns { .. } => SocketAddr::from((lease.server, 67)),
+        }
+    }
+
+    /// Ports of the file services when a URL names none.
+    pub(crate) fn service_ports(&self) -> crate::config::ServicePorts {
+        match self {
+            Attachment::Loopback { services, .. } => *services,
+            Attachment::Netns { .. } => crate::config::ServicePorts::default(),
         }
     }
 

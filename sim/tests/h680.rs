@@ -6,6 +6,7 @@ mod support;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use phonerig_sim::ServicePorts;
 use phonerig_sim::{Placement, SimHost, SimHostConfig, Timing, VirtualPhoneSpec};
 use support::*;
 
@@ -51,6 +52,7 @@ async fn common_boot_then_listed_files_then_register_and_action_urls() {
         sim_dir: dir.path().into(),
         placement: Placement::Loopback {
             dhcp_server: dhcp.addr,
+            services: ServicePorts::default(),
         },
         phones: vec![
             spec(

@@ -7,6 +7,7 @@ mod support;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use phonerig_sim::ServicePorts;
 use phonerig_sim::{Placement, SimHost, SimHostConfig, Timing, VirtualPhoneSpec};
 use support::*;
 
@@ -35,6 +36,7 @@ async fn host(dir: &std::path::Path, dhcp: &TestDhcp, phones: Vec<VirtualPhoneSp
         sim_dir: dir.to_owned(),
         placement: Placement::Loopback {
             dhcp_server: dhcp.addr,
+            services: ServicePorts::default(),
         },
         phones,
     })
@@ -319,6 +321,7 @@ async fn unknown_models_faults_and_duplicate_names_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let placement = Placement::Loopback {
         dhcp_server: "127.54.0.1:6767".parse().unwrap(),
+        services: ServicePorts::default(),
     };
     let mut bad_model = spec("a", "cisco-7960", "00:1f:c1:00:00:04", &[]);
     let error = SimHost::start(SimHostConfig {

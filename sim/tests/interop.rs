@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use phonerig_core::netns::{program, require};
+use phonerig_sim::ServicePorts;
 use phonerig_sim::{Placement, SimHost, SimHostConfig, Timing, VirtualPhoneSpec};
 use support::*;
 
@@ -115,6 +116,7 @@ async fn htek_over_tftp_from_tftpd_hpa() {
         sim_dir: dir.path().into(),
         placement: Placement::Loopback {
             dhcp_server: dhcp.addr,
+            services: ServicePorts::default(),
         },
         phones: vec![spec(
             "t",
@@ -193,6 +195,7 @@ async fn panasonic_over_passive_ftp_from_pyftpdlib() {
         sim_dir: dir.path().into(),
         placement: Placement::Loopback {
             dhcp_server: dhcp.addr,
+            services: ServicePorts::default(),
         },
         phones: vec![spec(
             "f",
@@ -278,6 +281,7 @@ async fn h680_over_https_with_a_self_signed_certificate_from_openssl_s_server() 
         sim_dir: dir.path().into(),
         placement: Placement::Loopback {
             dhcp_server: dhcp.addr,
+            services: ServicePorts::default(),
         },
         phones: vec![spec(
             "s",

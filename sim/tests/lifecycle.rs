@@ -7,6 +7,7 @@ mod support;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use phonerig_sim::ServicePorts;
 use phonerig_sim::{Placement, SimHost, SimHostConfig, Timing, VirtualPhoneSpec};
 use support::*;
 
@@ -29,6 +30,7 @@ async fn start(dir: &std::path::Path, dhcp: &TestDhcp, phones: Vec<VirtualPhoneS
         sim_dir: dir.into(),
         placement: Placement::Loopback {
             dhcp_server: dhcp.addr,
+            services: ServicePorts::default(),
         },
         phones,
     })

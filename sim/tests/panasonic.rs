@@ -8,6 +8,7 @@ mod support;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use phonerig_sim::ServicePorts;
 use phonerig_sim::{Placement, SimHost, SimHostConfig, Timing, VirtualPhoneSpec};
 use support::*;
 
@@ -72,6 +73,7 @@ async fn factory_unit_pre_provisions_then_loads_master_and_standard_and_resyncs_
         sim_dir: dir.path().into(),
         placement: Placement::Loopback {
             dhcp_server: dhcp.addr,
+            services: ServicePorts::default(),
         },
         phones: vec![spec("ut670", "00:80:f0:12:34:56", &[])],
     })
@@ -139,6 +141,7 @@ async fn malformed_files_are_refused_naming_the_rule_and_provision_enable_n_stop
         sim_dir: dir.path().into(),
         placement: Placement::Loopback {
             dhcp_server: dhcp.addr,
+            services: ServicePorts::default(),
         },
         phones: vec![
             spec(

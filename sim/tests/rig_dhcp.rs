@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use phonerig_core::{PhoneDirectory, Placeholders, ProvisioningTree, ServiceContext, Timeline};
 use phonerig_dhcp::{DhcpConfig, OptionValue, Settings};
+use phonerig_sim::ServicePorts;
 use phonerig_sim::{Placement, SimHost, SimHostConfig, Timing, VirtualPhoneSpec};
 use support::*;
 use tokio_util::sync::CancellationToken;
@@ -44,7 +45,10 @@ async fn htek_leases_from_the_rig_dhcp_server_and_fetches_from_its_option_66() {
     let dir = tempfile::tempdir().unwrap();
     let sim = SimHost::start(SimHostConfig {
         sim_dir: dir.path().into(),
-        placement: Placement::Loopback { dhcp_server },
+        placement: Placement::Loopback {
+            dhcp_server,
+            services: ServicePorts::default(),
+        },
         phones: vec![VirtualPhoneSpec {
             name: "rigged".into(),
             model: "htek-uc924".into(),

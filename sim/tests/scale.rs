@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use phonerig_core::Mac;
+use phonerig_sim::ServicePorts;
 use phonerig_sim::{Placement, SimHost, SimHostConfig, Timing, VirtualPhoneSpec};
 use support::*;
 
@@ -35,6 +36,7 @@ async fn a_thousand_phones_boot_in_one_process() {
         sim_dir: dir.path().into(),
         placement: Placement::Loopback {
             dhcp_server: dhcp.addr,
+            services: ServicePorts::default(),
         },
         phones,
     })

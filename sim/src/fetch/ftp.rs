@@ -88,7 +88,7 @@ fn expect(step: &str, (code, text): (u16, String), ok: &[u16]) -> Result<(), Fet
 pub async fn get(fetcher: &Fetcher, url: &ServerUrl) -> Result<Vec<u8>, FetchError> {
     let u = url.url();
     let host = u.host_str().unwrap_or_default().to_owned();
-    let port = u.port().unwrap_or(21);
+    let port = u.port().unwrap_or(fetcher.ports.ftp);
     let stream = connect(fetcher, &host, port).await?;
     let server_ip = stream
         .peer_addr()

@@ -132,7 +132,11 @@ pub async fn get(fetcher: &Fetcher, url: &ServerUrl) -> Result<Vec<u8>, FetchErr
     let u = url.url();
     let host = u.host_str().unwrap_or_default().to_owned();
     let tls = url.scheme() == Scheme::Https;
-    let port = u.port().unwrap_or(if tls { 443 } else { 80 });
+    let port = u.port().unwrap_or(if tls {
+        fetcher.ports.https
+    } else {
+        fetcher.ports.http
+    });
     let stream = connect(fetcher, &host, port).await?;
     if tls {
         let name = ServerName::try_from(host.clone())

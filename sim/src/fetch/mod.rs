@@ -152,6 +152,8 @@ pub struct Fetcher {
     pub user_agent: String,
     /// Whole-transfer limit; a stalled server counts as a failed download.
     pub timeout: Duration,
+    /// Ports used when a URL names none.
+    pub ports: crate::config::ServicePorts,
 }
 
 impl Fetcher {
@@ -160,6 +162,7 @@ impl Fetcher {
             local_ip,
             user_agent,
             timeout: Duration::from_secs(30),
+            ports: crate::config::ServicePorts::default(),
         }
     }
 

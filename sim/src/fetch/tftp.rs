@@ -91,7 +91,7 @@ pub fn decode(bytes: &[u8]) -> Result<Packet<'_>, String> {
 
 pub async fn get(fetcher: &Fetcher, url: &ServerUrl) -> Result<Vec<u8>, FetchError> {
     let host = url.url().host_str().unwrap_or_default();
-    let port = url.url().port().unwrap_or(69);
+    let port = url.url().port().unwrap_or(fetcher.ports.tftp);
     let server: SocketAddr = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| FetchError::Failed(format!("cannot resolve {host}: {e}")))?

@@ -453,7 +453,9 @@ impl Session {
             ));
         }
         lock(&phone.live).address = Some(lease.address);
-        self.fetcher = Some(Fetcher::new(IpAddr::V4(lease.address), phone.user_agent()));
+        let mut fetcher = Fetcher::new(IpAddr::V4(lease.address), phone.user_agent());
+        fetcher.ports = phone.attachment.service_ports();
+        self.fetcher = Some(fetcher);
         self.lease = Some(lease.clone());
         self.tasks.push(tokio::spawn(renewal(
             phone.clone(),
