@@ -1,1 +1,12 @@
-//! phonerig orchestrator.
+//! phonerig's orchestrator: the lab and scenario model, the bench that
+//! starts services and binds drivers, the runner, and the `rig` CLI.
+
+pub mod bench;
+pub mod cli;
+pub mod diag;
+pub mod expect;
+pub mod lab;
+pub mod registry;
+pub mod run;
+pub mod runner;
+pub mod scenario;

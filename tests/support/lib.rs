@@ -1,1 +1,92 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: a lab of virtual phones on a
+//! loopback address of the test's own, so tests can run in parallel, and a
+//! way to run the real `rig` binary against it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The built-in virtual lab moved to `127.<octet>.0.1` with its own pool.
+pub fn loopback_lab(octet: u8) -> String {
+    let builtin = include_str!("../../scenarios/labs/virtual.toml");
+    builtin
+        .replace("ip = \"127.0.0.1\"", &format!("ip = \"127.{octet}.0.1\""))
+        .replace(
+            "start = \"127.77.0.10\"",
+            &format!("start = \"127.{octet}.1.10\""),
+        )
+        .replace(
+            "end = \"127.77.3.250\"",
+            &format!("end = \"127.{octet}.1.250\""),
+        )
+        .replace(
+            "name = \"virtual-loopback\"",
+            &format!("name = \"virtual-loopback-{octet}\""),
+        )
+}
+
+/// A temporary folder with `lab.toml` written in it.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new(lab: &str) -> Workspace {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("lab.toml"), lab).expect("write lab");
+        Workspace { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn lab(&self) -> PathBuf {
+        self.dir.path().join("lab.toml")
+    }
+
+    pub fn runs(&self) -> PathBuf {
+        self.dir.path().join("runs")
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
+    /// The single run folder `rig` created under `runs/`.
+    pub fn run_dir(&self) -> PathBuf {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(self.runs())
+            .expect("runs folder")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        dirs.sort();
+        dirs.pop().expect("a run folder")
+    }
+}
+
+/// The repository root (where `scenarios/` is).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `rig` with `args`; returns its output.
+pub fn rig(binary: &str, args: &[&str]) -> Output {
+    Command::new(binary)
+        .args(args)
+        .env("RIG_LOG", "warn")
+        .output()
+        .expect("run rig")
+}
+
+/// Every line of an events.jsonl as JSON.
+pub fn events(run_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run_dir.join("events.jsonl"))
+        .expect("events.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a whole event: {e}: {l}")))
+        .collect()
+}
