@@ -579,28 +579,47 @@ pub fn describe_step(step: &Step, scenario: &Scenario) -> String {
         return format!("wait {}", phonerig_core::duration::format(w.0));
     }
     if let Some(e) = &step.expect {
-        return format!(
-            "expect {} {}",
-            toml::to_string(e)
-                .unwrap_or_default()
-                .trim()
-                .replace('\n', ", "),
-            within(step)
-        );
+        return format!("expect {} {}", inline_toml(e), within(step));
     }
     if let Some(e) = &step.expect_not {
         let during = step.during.map_or("so far".into(), |d| {
             format!("during {}", phonerig_core::duration::format(d.0))
         });
-        return format!(
-            "expect no {} {during}",
-            toml::to_string(e)
-                .unwrap_or_default()
-                .trim()
-                .replace('\n', ", ")
-        );
+        return format!("expect no {} {during}", inline_toml(e));
     }
     "step".into()
+}
+
+/// `fetch_order = { files = ["a", "b"], protocol = "http" }`: an expectation
+/// as a reader would write it, on one line, without the unset fields.
+fn inline_toml(value: &impl Serialize) -> String {
+    fn render(value: &serde_json::Value) -> String {
+        match value {
+            serde_json::Value::Object(map) => {
+                let parts: Vec<String> = map
+                    .iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| format!("{k} = {}", render(v)))
+                    .collect();
+                format!("{{ {} }}", parts.join(", "))
+            }
+            serde_json::Value::Array(items) => format!(
+                "[{}]",
+                items.iter().map(render).collect::<Vec<_>>().join(", ")
+            ),
+            other => other.to_string(),
+        }
+    }
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(map)) => map
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| format!("{k} = {}", render(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Ok(other) => render(&other),
+        Err(_) => String::new(),
+    }
 }
 
 fn step_deadline(step: &Step, scenario: &Scenario) -> String {
@@ -608,4 +627,69 @@ fn step_deadline(step: &Step, scenario: &Scenario) -> String {
         "within {}",
         phonerig_core::duration::format(step.within.map_or(scenario.default_within(), Into::into))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn scenario(phones: &str, steps: &str) -> Scenario {
+        let text = format!("name = \"t\"\nsource = \"test\"\nphones = {phones}\n{steps}");
+        Scenario::parse(Path::new("t.toml"), &text).unwrap()
+    }
+
+    #[rstest]
+    #[case("\"all\"", &[], &["uc924", "kx-ut670", "h680"])]
+    #[case("\"h680\"", &[], &["h680"])]
+    #[case("\"htek-*\"", &[], &["uc924"])]
+    #[case("{ model = \"panasonic-*\" }", &[], &["kx-ut670"])]
+    #[case("{ names = [\"uc924\", \"h680\"] }", &["h680"], &["h680"])]
+    #[case("{ model = \"cisco-*\" }", &[], &[])]
+    fn phones_are_selected_by_name_model_glob_and_cli(
+        #[case] phones: &str,
+        #[case] only: &[&str],
+        #[case] expected: &[&str],
+    ) {
+        let lab = Lab::builtin();
+        let s = scenario(phones, "[[step]]\nwait = \"1s\"\n");
+        let only: Vec<String> = only.iter().map(|s| s.to_string()).collect();
+        let names: Vec<String> = select_phones(&lab, &s, &only)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, expected);
+    }
+
+    #[rstest]
+    #[case("power = \"cycle\"", "power cycle")]
+    #[case("button = { hold = \"3s\" }", "button hold 3s")]
+    #[case("key = { dial = \"4006\" }", "key dial 4006")]
+    #[case(
+        "notify = { event = \"check-sync\", reboot = true }",
+        "NOTIFY Event: check-sync;reboot=true"
+    )]
+    #[case(
+        "expect.fetch = { file = \"a.xml\" }\nwithin = \"5s\"",
+        "expect fetch = { file = \"a.xml\" } within 5s"
+    )]
+    #[case(
+        "expect_not.sip = \"register\"\nduring = \"2s\"",
+        "expect no sip = \"register\" during 2s"
+    )]
+    fn steps_read_as_sentences(#[case] step: &str, #[case] expected: &str) {
+        let s = scenario("\"all\"", &format!("[[step]]\n{step}\n"));
+        assert_eq!(describe_step(s.steps[0].get_ref(), &s), expected);
+    }
+
+    #[test]
+    fn case_ids_are_paths_under_the_suite_with_the_phone() {
+        let mut s = scenario("\"all\"", "[[step]]\nwait = \"1s\"\n");
+        s.path = PathBuf::from("scenarios/htek/provisioning/order.toml");
+        let phone = Lab::builtin().phone_infos().remove(0);
+        assert_eq!(
+            case_id(&s, Path::new("scenarios"), &phone),
+            "htek/provisioning/order@uc924"
+        );
+    }
 }
