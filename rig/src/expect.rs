@@ -176,7 +176,10 @@ pub enum Query {
     /// Packets of a stream that flowed before the window are never counted,
     /// and a stream that merely reports its old total (a quiet stream before
     /// its `rtp.stopped`) adds nothing.
-    Media { matcher: Matcher, min_packets: u64 },
+    Media {
+        matcher: Matcher,
+        min_packets: u64,
+    },
 }
 
 impl Query {
@@ -876,7 +879,10 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            matches!(run(rtp_query("phone", "4004", min), &events), Progress::Met(_)),
+            matches!(
+                run(rtp_query("phone", "4004", min), &events),
+                Progress::Met(_)
+            ),
             met
         );
     }
@@ -895,7 +901,12 @@ mod tests {
             )
         };
         // Two calls' totals interleaved: neither grows, so nothing flowed in the window.
-        let events = [stats("a", 100), stats("b", 500), stats("a", 100), stats("b", 500)];
+        let events = [
+            stats("a", 100),
+            stats("b", 500),
+            stats("a", 100),
+            stats("b", 500),
+        ];
         assert!(!matches!(
             run(rtp_query("phone", "4004", 1), &events),
             Progress::Met(_)
