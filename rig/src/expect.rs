@@ -169,12 +169,30 @@ pub enum Query {
         steps: Vec<Matcher>,
         universe: Option<Matcher>,
     },
+    /// Media packets counted inside the window: `rtp.*` events carry running
+    /// totals per stream, so the packets of one stream (call, from, to,
+    /// observed) are the growth of its total since its first event in the
+    /// window (an `rtp.started` in the window counts its own first packet).
+    /// Packets of a stream that flowed before the window are never counted,
+    /// and a stream that merely reports its old total (a quiet stream before
+    /// its `rtp.stopped`) adds nothing.
+    Media {
+        matcher: Matcher,
+        min_packets: u64,
+    },
 }
 
 impl Query {
     pub fn describe(&self) -> String {
         match self {
             Query::Happened(m) => m.describe(),
+            Query::Media {
+                matcher,
+                min_packets,
+            } => format!(
+                "{} with at least {min_packets} packet(s) in the window",
+                matcher.describe()
+            ),
             Query::InOrder { steps, universe } => {
                 let list: Vec<String> = steps.iter().map(Matcher::describe).collect();
                 format!(
@@ -192,7 +210,7 @@ impl Query {
 
     fn matchers(&self) -> Vec<&Matcher> {
         match self {
-            Query::Happened(m) => vec![m],
+            Query::Happened(m) | Query::Media { matcher: m, .. } => vec![m],
             Query::InOrder { steps, universe } => steps.iter().chain(universe).collect(),
         }
     }
@@ -214,6 +232,8 @@ pub struct Evaluator {
     query: Query,
     found: Vec<u64>,
     broken: Option<String>,
+    /// `Query::Media`: per stream, the running total before the window's packets.
+    baselines: std::collections::HashMap<String, u64>,
 }
 
 impl Evaluator {
@@ -222,6 +242,7 @@ impl Evaluator {
             query,
             found: Vec::new(),
             broken: None,
+            baselines: Default::default(),
         }
     }
 
@@ -235,6 +256,28 @@ impl Evaluator {
                 Query::Happened(m) => {
                     if self.found.is_empty() && m.matches(event) {
                         self.found.push(event.seq);
+                    }
+                }
+                Query::Media {
+                    matcher,
+                    min_packets,
+                } => {
+                    if self.found.is_empty() && matcher.matches(event) {
+                        let total = event.fields.get("packets").and_then(Value::as_u64);
+                        let total = total.unwrap_or(0);
+                        let stream = ["call_id", "from", "to", "observed"]
+                            .map(|f| event.fields.get(f).map(value_text).unwrap_or_default())
+                            .join("\u{1f}");
+                        let baseline = *self.baselines.entry(stream).or_insert(
+                            if event.kind == "rtp.started" {
+                                total.saturating_sub(1)
+                            } else {
+                                total
+                            },
+                        );
+                        if total.saturating_sub(baseline) >= *min_packets {
+                            self.found.push(event.seq);
+                        }
                     }
                 }
                 Query::InOrder { steps, universe } => {
@@ -262,7 +305,7 @@ impl Evaluator {
             return Progress::Broken(reason.clone());
         }
         let needed = match &self.query {
-            Query::Happened(_) => 1,
+            Query::Happened(_) | Query::Media { .. } => 1,
             Query::InOrder { steps, .. } => steps.len(),
         };
         if self.found.len() >= needed {
@@ -493,16 +536,16 @@ pub fn compile(expectation: &Expectation, ctx: &CompileContext) -> Result<Query,
         let to = ctx.party(&rtp.to)?;
         let mut matcher = ctx.matcher(
             Source::Rtp,
-            &["rtp.stats", "rtp.stopped"],
+            &["rtp.started", "rtp.stats", "rtp.stopped"],
             format!("RTP {from} → {to}"),
         );
         matcher.phone = None;
         matcher.fields.push(("from".into(), FieldTest::Text(from)));
         matcher.fields.push(("to".into(), FieldTest::Text(to)));
-        matcher
-            .fields
-            .push(("packets".into(), FieldTest::AtLeast(rtp.min_packets)));
-        return Ok(Query::Happened(matcher));
+        return Ok(Query::Media {
+            matcher,
+            min_packets: rtp.min_packets.max(1),
+        });
     }
     if let Some(console) = &expectation.console {
         let regex = Regex::new(&ctx.expand(&console.line)?).map_err(|e| e.to_string())?;
@@ -550,6 +593,9 @@ pub fn compile(expectation: &Expectation, ctx: &CompileContext) -> Result<Query,
             match compile(inner, ctx)? {
                 Query::Happened(m) => steps.push(m),
                 Query::InOrder { steps: more, .. } => steps.extend(more),
+                Query::Media { .. } => {
+                    return Err("`rtp` counts packets over a window and cannot be a member of `order`; give it a step of its own".into())
+                }
             }
         }
         return Ok(Query::InOrder {
@@ -803,37 +849,102 @@ mod tests {
         assert_eq!(matches!(run(q, &[event]), Progress::Met(_)), met);
     }
 
+    /// `(kind, packets)` of one stream's events inside the window → met?
+    /// Totals run over the whole call, so only growth inside the window counts.
     #[rstest]
-    #[case(10, 25, false)]
-    #[case(25, 25, true)]
-    #[case(300, 25, true)]
-    fn rtp_min_packets(#[case] packets: u64, #[case] min: u64, #[case] met: bool) {
+    #[case::fresh_stream_reaches_min(&[("rtp.started", 1), ("rtp.stats", 26)], 25, true)]
+    #[case::fresh_stream_short(&[("rtp.started", 1), ("rtp.stats", 10)], 25, false)]
+    #[case::old_total_alone_is_not_flow(&[("rtp.stats", 300)], 25, false)]
+    #[case::old_stream_keeps_flowing(&[("rtp.stats", 300), ("rtp.stats", 350)], 25, true)]
+    #[case::resumed_stream_counts_from_restart(&[("rtp.started", 301), ("rtp.stats", 326)], 25, true)]
+    #[case::quiet_stream_reports_old_total(&[("rtp.stats", 300), ("rtp.stats", 300), ("rtp.stopped", 300)], 1, false)]
+    #[case::one_packet_after_start(&[("rtp.started", 301)], 1, true)]
+    fn rtp_counts_packets_inside_the_window(
+        #[case] events: &[(&str, u64)],
+        #[case] min: u64,
+        #[case] met: bool,
+    ) {
         let timeline = Timeline::in_memory();
-        let event = timeline.publish(
-            NewEvent::new(Source::Rtp, "rtp.stats")
-                .field("from", "4002")
-                .field("to", "4004")
-                .field("packets", packets),
+        let events: Vec<Arc<Event>> = events
+            .iter()
+            .map(|(kind, packets)| {
+                timeline.publish(
+                    NewEvent::new(Source::Rtp, *kind)
+                        .field("call_id", "c1")
+                        .field("from", "4002")
+                        .field("to", "4004")
+                        .field("observed", "received")
+                        .field("packets", *packets),
+                )
+            })
+            .collect();
+        assert_eq!(
+            matches!(
+                run(rtp_query("phone", "4004", min), &events),
+                Progress::Met(_)
+            ),
+            met
         );
+    }
+
+    #[test]
+    fn rtp_streams_are_counted_apart() {
+        let timeline = Timeline::in_memory();
+        let stats = |call: &str, packets: u64| {
+            timeline.publish(
+                NewEvent::new(Source::Rtp, "rtp.stats")
+                    .field("call_id", call)
+                    .field("from", "4002")
+                    .field("to", "4004")
+                    .field("observed", "received")
+                    .field("packets", packets),
+            )
+        };
+        // Two calls' totals interleaved: neither grows, so nothing flowed in the window.
+        let events = [
+            stats("a", 100),
+            stats("b", 500),
+            stats("a", 100),
+            stats("b", 500),
+        ];
+        assert!(!matches!(
+            run(rtp_query("phone", "4004", 1), &events),
+            Progress::Met(_)
+        ));
+        // Another direction never counts.
+        let other = timeline.publish(
+            NewEvent::new(Source::Rtp, "rtp.started")
+                .field("call_id", "a")
+                .field("from", "4004")
+                .field("to", "4002")
+                .field("observed", "sent")
+                .field("packets", 1u64),
+        );
+        assert!(!matches!(
+            run(rtp_query("phone", "4004", 1), &[other]),
+            Progress::Met(_)
+        ));
+    }
+
+    fn rtp_query(from: &str, to: &str, min: u64) -> Query {
         let p = placeholders();
         let ctx = CompileContext {
             phone: "uc924",
             phone_ext: "4002",
             placeholders: &p,
         };
-        let q = compile(
+        compile(
             &Expectation {
                 rtp: Some(RtpExpect {
-                    from: "phone".into(),
-                    to: "4004".into(),
+                    from: from.into(),
+                    to: to.into(),
                     min_packets: min,
                 }),
                 ..Default::default()
             },
             &ctx,
         )
-        .unwrap();
-        assert_eq!(matches!(run(q, &[event]), Progress::Met(_)), met);
+        .unwrap()
     }
 
     #[rstest]
