@@ -6,8 +6,8 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Command;
 
+use phonerig_core::netns::ip;
 use phonerig_core::Mac;
 use tokio::net::UdpSocket;
 
@@ -25,18 +25,6 @@ pub(crate) enum Attachment {
     },
 }
 
-fn ip(args: &[&str]) -> io::Result<()> {
-    let output = Command::new("ip").args(args).output()?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))
-    }
-}
 
 /// `vp` + the last four MAC octets: unique per phone, within the 15-character limit.
 pub(crate) fn macvlan_name(mac: &Mac) -> String {

@@ -27,7 +27,8 @@ pub fn in_netns<T: Send + 'static>(
         .map_err(|_| io::Error::other("netns thread panicked"))?
 }
 
-fn ip(args: &[&str]) -> io::Result<()> {
+/// Runs `ip <args>` (iproute2); its stderr becomes the error.
+pub fn ip(args: &[&str]) -> io::Result<()> {
     let output = Command::new("ip").args(args).output()?;
     if output.status.success() {
         Ok(())
