@@ -28,6 +28,11 @@ struct LabArg {
     /// Lab file (TOML). Without it: the built-in lab of virtual phones on loopback.
     #[arg(long, global = true)]
     lab: Option<PathBuf>,
+    /// Serve DHCP on the lab NIC even though it carries the default route, a
+    /// management address or not the lab address (as `dedicated = true` under
+    /// [bench]); only for a NIC that truly carries nothing but phones.
+    #[arg(long = "i-know-this-interface-is-dedicated", global = true)]
+    dedicated: bool,
 }
 
 #[derive(Args, Clone)]
@@ -145,10 +150,12 @@ pub fn main() -> ExitCode {
 }
 
 fn load_lab(arg: &LabArg) -> anyhow::Result<Lab> {
-    match &arg.lab {
-        Some(path) => Ok(Lab::load(path)?),
-        None => Ok(Lab::builtin()),
-    }
+    let mut lab = match &arg.lab {
+        Some(path) => Lab::load(path)?,
+        None => Lab::builtin(),
+    };
+    lab.bench.dedicated |= arg.dedicated;
+    Ok(lab)
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
