@@ -99,6 +99,10 @@ impl Phone {
             persistent: Mutex::new(persistent),
             live: Mutex::new(Live {
                 phase: "off",
+                // A virtual Htek comes with its USB panic button plugged in, as on
+                // a bench whose button capability is wired (000 "Connecting to the
+                // IP Phone"); `DETACH` unplugs it.
+                button_attached: model.vendor == Vendor::Htek,
                 ..Live::default()
             }),
         }
