@@ -507,6 +507,9 @@ fn retransmit_2xx(
         loop {
             tokio::select! {
                 _ = acked.notified() => return,
+                // A stopped service sends nothing more: the next case's phone
+                // must not receive (and the timeline not record) a stale 200.
+                _ = core.ctx.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {
                     if tokio::time::Instant::now() >= give_up {
                         return;
