@@ -15,6 +15,7 @@ use phonerig_drivers::{BackendSpec, Driven, DriverEnv, Key};
 use tokio_util::sync::CancellationToken;
 
 use crate::lab::{Lab, SimPlacement};
+use crate::netns_runtime::{run_on, NamespaceRuntime};
 use crate::scenario::{Scenario, Step};
 
 /// The drivers of one phone, each wrapped so every call is an event.
@@ -65,6 +66,10 @@ pub struct Bench {
     sim: Option<phonerig_sim::SimHost>,
     _sim_dir: Option<tempfile::TempDir>,
     run_dir: Option<PathBuf>,
+    /// Every frame on a real lab NIC, for the whole run (`<run_dir>/capture.pcap`).
+    capture: Option<phonerig_drivers::capture::Capture>,
+    /// Where the services run when the lab has `[bench] netns`.
+    services_runtime: Option<NamespaceRuntime>,
 }
 
 impl Bench {
@@ -85,6 +90,19 @@ impl Bench {
             sip_port: ports.sip,
         });
         let directory = PhoneDirectory::new(lab.phone_infos());
+        let services_runtime = match &lab.bench.netns {
+            Some(netns) => Some(NamespaceRuntime::start(netns)?),
+            None => None,
+        };
+        let capture = if lab.is_loopback() {
+            None
+        } else {
+            require_lab_nic(&lab)?;
+            match run_dir {
+                Some(dir) => Some(start_capture(&lab, &timeline, dir)?),
+                None => None,
+            }
+        };
         let virtual_phones: Vec<_> = lab
             .phones
             .iter()
@@ -187,7 +205,21 @@ impl Bench {
             sim,
             _sim_dir: sim_dir_guard,
             run_dir: run_dir.map(Path::to_owned),
+            capture,
+            services_runtime,
         })
+    }
+
+    /// Runs `work` where the services live: inside `[bench] netns` when set.
+    async fn in_bench_netns<F>(&self, work: F) -> anyhow::Result<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.services_runtime {
+            Some(runtime) => runtime.run(work).await,
+            None => Ok(work.await),
+        }
     }
 
     pub fn lab(&self) -> &Lab {
@@ -258,6 +290,7 @@ impl Bench {
             shutdown,
             running: Vec::new(),
             sip: None,
+            runtime: self.services_runtime.as_ref().map(NamespaceRuntime::handle),
         };
         match self.start_each(ctx, scenario, &mut services).await {
             Ok(()) => Ok(services),
@@ -300,9 +333,17 @@ impl Bench {
             netns: lab.bench.netns.clone(),
         };
         services.running.push(
-            phonerig_dhcp::start(ctx.clone(), dhcp, serve.dhcp.clone().unwrap_or_default())
-                .await
-                .context("DHCP")?,
+            self.in_bench_netns(phonerig_dhcp::start_with(
+                ctx.clone(),
+                dhcp,
+                serve.dhcp.clone().unwrap_or_default(),
+                phonerig_dhcp::StartupChecks {
+                    dedicated: lab.bench.dedicated,
+                    ..phonerig_dhcp::StartupChecks::default()
+                },
+            ))
+            .await?
+            .context("DHCP")?,
         );
 
         let tftp = phonerig_tftp::TftpConfig {
@@ -311,9 +352,13 @@ impl Bench {
             ..phonerig_tftp::TftpConfig::default()
         };
         services.running.push(
-            phonerig_tftp::start(ctx.clone(), tftp, serve.tftp.clone().unwrap_or_default())
-                .await
-                .context("TFTP")?,
+            self.in_bench_netns(phonerig_tftp::start(
+                ctx.clone(),
+                tftp,
+                serve.tftp.clone().unwrap_or_default(),
+            ))
+            .await?
+            .context("TFTP")?,
         );
 
         let http = phonerig_http::HttpConfig {
@@ -322,9 +367,13 @@ impl Bench {
             ..phonerig_http::HttpConfig::default()
         };
         services.running.push(
-            phonerig_http::start(ctx.clone(), http, serve.http.clone().unwrap_or_default())
-                .await
-                .context("HTTP")?,
+            self.in_bench_netns(phonerig_http::start(
+                ctx.clone(),
+                http,
+                serve.http.clone().unwrap_or_default(),
+            ))
+            .await?
+            .context("HTTP")?,
         );
 
         let ftp = phonerig_ftp::FtpConfig {
@@ -332,9 +381,13 @@ impl Bench {
             passive_ports: ports.ftp_passive.0..=ports.ftp_passive.1,
         };
         services.running.push(
-            phonerig_ftp::start(ctx.clone(), ftp, serve.ftp.clone().unwrap_or_default())
-                .await
-                .context("FTP")?,
+            self.in_bench_netns(phonerig_ftp::start(
+                ctx.clone(),
+                ftp,
+                serve.ftp.clone().unwrap_or_default(),
+            ))
+            .await?
+            .context("FTP")?,
         );
 
         let sip = phonerig_sip::SipConfig {
@@ -342,10 +395,14 @@ impl Bench {
             rtp_ports: ports.rtp.0..=ports.rtp.1,
             ..phonerig_sip::SipConfig::default()
         };
-        let (running, handle) =
-            phonerig_sip::start(ctx, sip, serve.sip.clone().unwrap_or_default())
-                .await
-                .context("SIP")?;
+        let (running, handle) = self
+            .in_bench_netns(phonerig_sip::start(
+                ctx,
+                sip,
+                serve.sip.clone().unwrap_or_default(),
+            ))
+            .await?
+            .context("SIP")?;
         services.running.push(running);
         services.sip = Some(handle);
         Ok(())
@@ -360,8 +417,56 @@ impl Bench {
         if let Some(sim) = self.sim.take() {
             sim.stop().await;
         }
+        if let Some(capture) = self.capture.take() {
+            // Joining the capture thread waits out its read timeout (~200 ms).
+            let _ = tokio::task::spawn_blocking(move || capture.stop()).await;
+        }
         let _ = &self.run_dir;
     }
+}
+
+/// Runs `work` on a thread inside the lab's namespace when it has one; the
+/// NIC checks and the capture see the network of the calling thread.
+fn in_lab_netns<T: Send + 'static>(
+    lab: &Lab,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    match &lab.bench.netns {
+        Some(netns) => phonerig_core::netns::in_netns(netns, work),
+        None => work(),
+    }
+}
+
+/// A missing, down or unaddressed lab NIC stops the run before any service
+/// binds, with the fix in the message.
+fn require_lab_nic(lab: &Lab) -> anyhow::Result<()> {
+    let (nic, ip) = (lab.bench.nic.clone(), IpAddr::V4(lab.bench.ip));
+    in_lab_netns(lab, move || {
+        phonerig_drivers::doctor::require_lab_nic(&nic, Some(ip)).map_err(std::io::Error::other)
+    })
+    .map_err(|e| anyhow!("{e}"))
+}
+
+fn start_capture(
+    lab: &Lab,
+    timeline: &Timeline,
+    run_dir: &Path,
+) -> anyhow::Result<phonerig_drivers::capture::Capture> {
+    let phones = lab
+        .phones
+        .iter()
+        .map(|p| (p.get_ref().name.clone(), p.get_ref().mac))
+        .collect();
+    let settings = phonerig_drivers::capture::CaptureSettings::new(
+        &lab.bench.nic,
+        run_dir.join("capture.pcap"),
+        phones,
+    );
+    let timeline = timeline.clone();
+    in_lab_netns(lab, move || {
+        phonerig_drivers::capture::Capture::start(settings, timeline).map_err(std::io::Error::other)
+    })
+    .map_err(|e| anyhow!("{e}"))
 }
 
 /// The services of one case; stopped (ports released) before the next case.
@@ -369,6 +474,36 @@ pub struct CaseServices {
     shutdown: CancellationToken,
     running: Vec<RunningService>,
     sip: Option<phonerig_sip::SipHandle>,
+    /// The namespace runtime the services run on, when the lab has one: SIP
+    /// actions may make sockets (RTP, TCP), which must be made there too.
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+/// The SIP service of a case, usable outside the runner (`rig serve`'s control socket).
+#[derive(Clone)]
+pub struct SipControl {
+    sip: phonerig_sip::SipHandle,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl SipControl {
+    pub fn handle(&self) -> &phonerig_sip::SipHandle {
+        &self.sip
+    }
+
+    /// Sends NOTIFY `event` to the phone and waits for its final answer (or timer F).
+    pub async fn notify(
+        &self,
+        phone: &PhoneInfo,
+        event: &str,
+    ) -> anyhow::Result<phonerig_sip::NotifyOutcome> {
+        let (sip, phone, event) = (self.sip.clone(), phone.clone(), event.to_owned());
+        let work = async move { sip.notify(&phone, &event, None).await };
+        match &self.runtime {
+            Some(runtime) => run_on(runtime, work).await?,
+            None => work.await,
+        }
+    }
 }
 
 impl CaseServices {
@@ -385,14 +520,42 @@ impl CaseServices {
             .ok_or_else(|| anyhow!("the SIP service is not running"))
     }
 
-    /// NOTIFY, calls and call control by the extensions the rig plays.
+    /// The SIP service, for callers outside the runner.
+    pub fn sip_control(&self) -> anyhow::Result<SipControl> {
+        Ok(SipControl {
+            sip: self.sip()?.clone(),
+            runtime: self.runtime.clone(),
+        })
+    }
+
+    /// NOTIFY, calls and call control by the extensions the rig plays; on
+    /// the namespace runtime when the services run in one.
     pub async fn sip_action(
         &self,
         step: &Step,
         phone: &PhoneInfo,
         placeholders: &Placeholders,
     ) -> anyhow::Result<()> {
-        let sip = self.sip()?;
+        let sip = self.sip()?.clone();
+        match &self.runtime {
+            None => Self::sip_step(&sip, step, phone, placeholders).await,
+            Some(runtime) => {
+                let (step, phone, placeholders) =
+                    (step.clone(), phone.clone(), placeholders.clone());
+                run_on(runtime, async move {
+                    Self::sip_step(&sip, &step, &phone, &placeholders).await
+                })
+                .await?
+            }
+        }
+    }
+
+    async fn sip_step(
+        sip: &phonerig_sip::SipHandle,
+        step: &Step,
+        phone: &PhoneInfo,
+        placeholders: &Placeholders,
+    ) -> anyhow::Result<()> {
         if let Some(notify) = &step.notify {
             let event = if notify.reboot {
                 format!("{};reboot=true", notify.event)

@@ -28,6 +28,11 @@ struct LabArg {
     /// Lab file (TOML). Without it: the built-in lab of virtual phones on loopback.
     #[arg(long, global = true)]
     lab: Option<PathBuf>,
+    /// Serve DHCP on the lab NIC even though it carries the default route, a
+    /// management address or not the lab address (as `dedicated = true` under
+    /// [bench]); only for a NIC that truly carries nothing but phones.
+    #[arg(long = "i-know-this-interface-is-dedicated", global = true)]
+    dedicated: bool,
 }
 
 #[derive(Args, Clone)]
@@ -83,9 +88,38 @@ enum Command {
         lab: LabArg,
         #[arg(long, default_value = "runs")]
         runs: PathBuf,
+        /// The control socket `rig notify` talks to (default: `<run folder>/serve.sock`).
+        #[arg(long)]
+        control: Option<PathBuf>,
+        /// Power on every virtual phone once the services are up.
+        #[arg(long)]
+        power_on: bool,
+    },
+    /// Check that this machine can run the lab: NIC, address, serial devices, relay boards, ports.
+    Doctor {
+        #[command(flatten)]
+        lab: LabArg,
+    },
+    /// Send a SIP NOTIFY to a phone through a running `rig serve`; prints the phone's answer.
+    Notify {
+        /// The phone (lab name or extension).
+        phone: String,
+        /// The Event header (`check-sync` asks the phone to re-fetch its configuration).
+        #[arg(long, default_value = "check-sync")]
+        event: String,
+        /// Ask the phone to reboot after the re-fetch (`;reboot=true`).
+        #[arg(long)]
+        reboot: bool,
+        /// The control socket of the `rig serve` (default: the newest `<runs>/*-serve/serve.sock`).
+        #[arg(long)]
+        control: Option<PathBuf>,
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
     },
     /// Re-render the reports of a run folder from its events.jsonl.
     Report { run_dir: PathBuf },
+    /// Run the suite once per fault of the virtual phones' fault switch; print which scenarios turned red.
+    Mutants(crate::mutants::MutantsArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -116,10 +150,12 @@ pub fn main() -> ExitCode {
 }
 
 fn load_lab(arg: &LabArg) -> anyhow::Result<Lab> {
-    match &arg.lab {
-        Some(path) => Ok(Lab::load(path)?),
-        None => Ok(Lab::builtin()),
-    }
+    let mut lab = match &arg.lab {
+        Some(path) => Lab::load(path)?,
+        None => Lab::builtin(),
+    };
+    lab.bench.dedicated |= arg.dedicated;
+    Ok(lab)
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
@@ -211,12 +247,26 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             scenario,
             lab,
             runs,
-        } => serve(scenario.as_deref(), &lab, &runs).await,
+            control,
+            power_on,
+        } => {
+            let options = ServeOptions { control, power_on };
+            serve(scenario.as_deref(), &lab, &runs, options).await
+        }
+        Command::Doctor { lab } => doctor(&lab),
+        Command::Notify {
+            phone,
+            event,
+            reboot,
+            control,
+            runs,
+        } => notify(&phone, &event, reboot, control, &runs).await,
         Command::Report { run_dir } => {
             let rendered = phonerig_reports::render_run_folder(&run_dir)?;
             println!("{}", describe_rendered(&rendered));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Mutants(args) => crate::mutants::main(args, cancel_on_signals()).await,
     }
 }
 
@@ -395,7 +445,59 @@ impl crate::runner::ProgressSink for LiveProgress {
     }
 }
 
-async fn serve(scenario: Option<&Path>, lab_arg: &LabArg, runs: &Path) -> anyhow::Result<ExitCode> {
+fn doctor(lab_arg: &LabArg) -> anyhow::Result<ExitCode> {
+    let lab = load_lab(lab_arg)?;
+    println!("lab {} ({})", lab.name, lab.path.display());
+    let findings = crate::doctor::run(&lab)?;
+    print!("{}", crate::doctor::render(&findings));
+    Ok(if findings.iter().all(|f| f.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Exit 0 when the phone accepted the NOTIFY (2xx), 1 for any other answer.
+async fn notify(
+    phone: &str,
+    event: &str,
+    reboot: bool,
+    control: Option<PathBuf>,
+    runs: &Path,
+) -> anyhow::Result<ExitCode> {
+    let socket = match control {
+        Some(path) => path,
+        None => crate::control::newest_socket(runs)?,
+    };
+    let event = if reboot {
+        format!("{event};reboot=true")
+    } else {
+        event.to_owned()
+    };
+    let answer = crate::control::request(&socket, &format!("NOTIFY {phone} {event}")).await?;
+    println!("{answer}");
+    let accepted = answer
+        .parse::<u16>()
+        .is_ok_and(|code| (200..300).contains(&code));
+    Ok(if accepted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `rig serve` options beyond the lab and scenario.
+struct ServeOptions {
+    control: Option<PathBuf>,
+    power_on: bool,
+}
+
+async fn serve(
+    scenario: Option<&Path>,
+    lab_arg: &LabArg,
+    runs: &Path,
+    options: ServeOptions,
+) -> anyhow::Result<ExitCode> {
     let lab = load_lab(lab_arg)?;
     let scenario = match scenario {
         Some(path) => Scenario::load(path)?,
@@ -417,12 +519,43 @@ async fn serve(scenario: Option<&Path>, lab_arg: &LabArg, runs: &Path) -> anyhow
     let phone = bench.directory().phones().first().map(|p| (**p).clone());
     let phone = phone.context("the lab has no phones")?;
     let services = bench.start_services(&scenario, &phone).await?;
+    let control_path = options
+        .control
+        .unwrap_or_else(|| run_dir.join(crate::control::SOCKET_NAME));
+    let control_stop = CancellationToken::new();
+    let control = crate::control::ControlServer::start(
+        &control_path,
+        services.sip_control()?,
+        bench.directory().clone(),
+        control_stop.clone(),
+    )?;
+    eprintln!("control socket: {}", control.path().display());
+    if options.power_on {
+        power_on_virtual_phones(&bench).await?;
+    }
     eprintln!(
         "serving; events in {}; Ctrl-C to stop",
         run_dir.join("events.jsonl").display()
     );
     cancel_on_signals().cancelled().await;
+    control_stop.cancel();
+    control.finish().await;
     services.stop(&timeline).await;
     bench.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Powers every virtual phone of the lab (real phones are left as they are).
+async fn power_on_virtual_phones(bench: &Bench) -> anyhow::Result<()> {
+    for entry in bench.lab().phones.iter().map(|p| p.get_ref()) {
+        if entry.sim.is_some() {
+            bench
+                .drivers(&entry.name)?
+                .power()?
+                .on()
+                .await
+                .with_context(|| format!("powering on `{}`", entry.name))?;
+        }
+    }
+    Ok(())
 }

@@ -3,9 +3,13 @@
 
 pub mod bench;
 pub mod cli;
+pub mod control;
 pub mod diag;
+pub mod doctor;
 pub mod expect;
 pub mod lab;
+pub mod mutants;
+pub mod netns_runtime;
 pub mod registry;
 pub mod run;
 pub mod runner;

@@ -78,8 +78,9 @@ pub struct VirtualPhoneSpec {
     pub flash: BTreeMap<String, String>,
     #[serde(default)]
     pub timing: Timing,
-    /// Documented behaviours broken on purpose. None are defined yet: any
-    /// entry is refused at start so a scenario cannot believe a fault is active.
+    /// Documented behaviours broken on purpose, by stable name (the catalogue
+    /// is `phonerig_sim_ua::fault::CATALOGUE`, see docs/mutants.md). Unknown
+    /// names and faults of another model are refused at start.
     #[serde(default)]
     pub faults: Vec<String>,
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use phonerig_sim_ua::Key;
+use phonerig_sim_ua::{FaultSet, Key};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
@@ -33,6 +33,7 @@ impl SimHost {
     pub async fn start(cfg: SimHostConfig) -> anyhow::Result<SimHost> {
         let mut names = HashSet::new();
         let mut macs = HashSet::new();
+        let mut fault_sets = Vec::new();
         for spec in &cfg.phones {
             if Model::find(&spec.model).is_none() {
                 bail!(
@@ -46,11 +47,9 @@ impl SimHost {
                         .join(", ")
                 );
             }
-            if let Some(fault) = spec.faults.first() {
-                bail!(
-                    "phone {}: unknown fault `{fault}` (no faults are defined yet)",
-                    spec.name
-                );
+            match FaultSet::parse(&spec.faults, &spec.model) {
+                Ok(faults) => fault_sets.push(faults),
+                Err(error) => bail!("phone {}: {error}", spec.name),
             }
             if spec.name.is_empty() || spec.name.contains('/') {
                 bail!("phone name `{}` cannot name a socket file", spec.name);
@@ -72,7 +71,7 @@ impl SimHost {
             shutdown: shutdown.clone(),
             listeners: Vec::new(),
         };
-        for spec in cfg.phones {
+        for (spec, faults) in cfg.phones.into_iter().zip(fault_sets) {
             let model = Model::find(&spec.model).expect("checked above");
             let (attachment, parent) = match &cfg.placement {
                 Placement::Loopback {
@@ -116,7 +115,7 @@ impl SimHost {
                     return Err(error);
                 }
             };
-            let phone = Arc::new(Phone::new(spec, model, console, attachment));
+            let phone = Arc::new(Phone::new(spec, model, faults, console, attachment));
             host.listeners.push(tokio::spawn(serve(
                 listener,
                 phone.clone(),

@@ -18,3 +18,5 @@ mod phone;
 pub mod vendor;
 
 pub use host::SimHost;
+/// The fault switch (catalogue in `phonerig_sim_ua::fault`; see docs/mutants.md).
+pub use phonerig_sim_ua::{fault, Fault, FaultInfo, FaultSet};

@@ -126,6 +126,10 @@ async fn button_plug_keys_without_account_and_factory_reset() {
         .wait_for("config server http://127.61.0.1", WAIT)
         .await;
     console.wait_for("(from Config Server Path)", WAIT).await;
+    // A virtual Htek boots with its button plugged in; unplugged, a press is refused.
+    console.wait_for("USB Button is connected!", WAIT).await;
+    assert_eq!(control(dir.path(), "b", "DETACH").await, "OK");
+    console.wait_for("USB Button is disconnected!", WAIT).await;
     assert!(control(dir.path(), "b", "PRESS")
         .await
         .contains("no USB button attached"));

@@ -90,3 +90,41 @@ pub fn events(run_dir: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a whole event: {e}: {l}")))
         .collect()
 }
+
+/// The built-in virtual lab moved onto a namespace bench: the rig's services
+/// in namespace `rig_netns` on `rig_if` at `<net>.1/24`, the virtual phones on
+/// macvlans of `phones_if` in `phones_netns`, standard ports, broadcast DHCP.
+/// `net` is the first three octets of a 198.18.0.0/15 /24, e.g. `198.18.162`.
+pub fn netns_lab(
+    net: &str,
+    rig_netns: &str,
+    rig_if: &str,
+    phones_netns: &str,
+    phones_if: &str,
+) -> String {
+    let builtin = include_str!("../../scenarios/labs/virtual.toml");
+    let bench = format!(
+        "nic = \"{rig_if}\"\nip = \"{net}.1\"\nprefix = 24\nnetns = \"{rig_netns}\"\npool = {{ start = \"{net}.10\", end = \"{net}.250\" }}"
+    );
+    let replaced = builtin
+        .replace(
+            "nic = \"lo\"\nip = \"127.0.0.1\"\nprefix = 8\npool = { start = \"127.77.0.10\", end = \"127.77.3.250\" }",
+            &bench,
+        )
+        .replace(
+            "name = \"virtual-loopback\"",
+            &format!("name = \"virtual-netns-{net}\""),
+        )
+        .replacen(
+            "[[phone]]",
+            &format!(
+                "[sim]\nplacement = {{ netns = \"{phones_netns}\", interface = \"{phones_if}\" }}\n\n[[phone]]"
+            ),
+            1,
+        );
+    assert!(
+        replaced.contains(&bench),
+        "the built-in lab's [bench] changed; update netns_lab"
+    );
+    replaced
+}

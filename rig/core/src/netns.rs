@@ -15,16 +15,23 @@ pub fn in_netns<T: Send + 'static>(
     name: &str,
     make: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
-    let path = format!("/var/run/netns/{name}");
+    let name = name.to_owned();
     let handle = std::thread::spawn(move || -> io::Result<T> {
-        let ns = File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
-        setns(&ns, CloneFlags::CLONE_NEWNET)
-            .map_err(|e| io::Error::other(format!("setns {path}: {e}")))?;
+        enter(&name)?;
         make()
     });
     handle
         .join()
         .map_err(|_| io::Error::other("netns thread panicked"))?
+}
+
+/// Moves the calling thread into network namespace `name` for good; for
+/// threads made to live there (a runtime's workers), where [`in_netns`]'s
+/// one-shot thread does not fit.
+pub fn enter(name: &str) -> io::Result<()> {
+    let path = format!("/var/run/netns/{name}");
+    let ns = File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| io::Error::other(format!("setns {path}: {e}")))
 }
 
 /// Runs `ip <args>` (iproute2); its stderr becomes the error.

@@ -20,6 +20,8 @@ use phonerig_core::{Mac, RunningService, ServiceContext, Source};
 pub mod flood;
 pub mod leases;
 pub mod options;
+pub mod probe;
+pub mod safety;
 mod server;
 pub mod settings;
 mod socket;
@@ -129,11 +131,138 @@ fn check_config(config: &DhcpConfig, server_ip: Ipv4Addr) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Starts the server; it runs until `ctx.shutdown` is cancelled, then closes its socket.
+/// The safety checks before a server opens its socket on a NIC (see
+/// [`safety`] and [`probe`]); on loopback there is no segment to protect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartupChecks {
+    /// The operator declared the NIC dedicated to phones (lab `[bench]
+    /// dedicated = true` or `--i-know-this-interface-is-dedicated`): a default
+    /// route, a management address or the lab address elsewhere do not stop the server.
+    pub dedicated: bool,
+    /// How long to listen for other servers' OFFERs to the probe DISCOVER;
+    /// `None` skips the probe (only for a test's own second server).
+    pub probe_wait: Option<Duration>,
+}
+
+/// Long enough for a router or dnsmasq to answer (they answer in
+/// milliseconds; ISC dhcpd may ping the address first, for 500 ms).
+pub const DEFAULT_PROBE_WAIT: Duration = Duration::from_millis(1500);
+
+impl Default for StartupChecks {
+    fn default() -> Self {
+        StartupChecks {
+            dedicated: false,
+            probe_wait: Some(DEFAULT_PROBE_WAIT),
+        }
+    }
+}
+
+/// Starts the server with the default checks ([`StartupChecks::default`]).
 pub async fn start(
     ctx: ServiceContext,
     config: DhcpConfig,
     settings: Settings,
+) -> anyhow::Result<RunningService> {
+    start_with(ctx, config, settings, StartupChecks::default()).await
+}
+
+/// The `dhcp.refused` event: the server did not start, and why.
+fn refused(interface: &str, reason: &str, message: &str) -> NewEvent {
+    NewEvent::new(Source::Dhcp, "dhcp.refused")
+        .field("interface", interface)
+        .field("reason", reason)
+        .field("message", message)
+}
+
+/// On a NIC: refuses an interface that is not a dedicated phone segment,
+/// then probes for other DHCP servers on it. Each refusal is a
+/// `dhcp.refused` event and the error says why and how to override.
+async fn preflight(
+    ctx: &ServiceContext,
+    config: &DhcpConfig,
+    server_ip: Ipv4Addr,
+    checks: &StartupChecks,
+) -> anyhow::Result<()> {
+    let Some(interface) = config
+        .interface
+        .clone()
+        .filter(|_| config.reply_mode == ReplyMode::Broadcast)
+    else {
+        return Ok(());
+    };
+    let netns = config.netns.clone();
+    let facts = tokio::task::spawn_blocking(move || safety::HostFacts::read(netns.as_deref()))
+        .await
+        .context("reading the host's interfaces")?
+        .context("reading the host's interfaces")?;
+    let all = safety::check_interface(&facts, &interface, server_ip, false);
+    let (blocking, overridden): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|r| !checks.dedicated || !r.overridable());
+    for refusal in &overridden {
+        ctx.timeline.publish(
+            NewEvent::new(Source::Rig, "warning")
+                .field("service", "dhcp")
+                .field(
+                    "error",
+                    format!("overridden because the interface is declared dedicated: {refusal}"),
+                ),
+        );
+    }
+    if let Some(first) = blocking.first() {
+        for refusal in &blocking {
+            ctx.timeline
+                .publish(refused(&interface, refusal.code(), &refusal.to_string()));
+        }
+        return Err(anyhow::Error::new(first.clone()));
+    }
+    let Some(wait) = checks.probe_wait else {
+        return Ok(());
+    };
+    let (netns, probe_if, port, client_port) = (
+        config.netns.clone(),
+        interface.clone(),
+        config.port,
+        config.client_port,
+    );
+    let found = tokio::task::spawn_blocking(move || {
+        probe::probe(netns.as_deref(), &probe_if, port, client_port, wait)
+    })
+    .await
+    .context("DHCP probe")?
+    .context("probing for other DHCP servers")?;
+    ctx.timeline.publish(
+        NewEvent::new(Source::Dhcp, "dhcp.probe")
+            .field("interface", interface.as_str())
+            .field("waited_ms", wait.as_millis() as u64)
+            .field("answers", found.len()),
+    );
+    if found.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = found.iter().map(ToString::to_string).collect();
+    let message = format!(
+        "refusing to serve DHCP on `{interface}`: another DHCP server answered the probe DISCOVER: {}. Two servers on one segment give each phone whichever answers first; switch that server off or give the bench a segment of its own",
+        names.join("; ")
+    );
+    for server in &found {
+        ctx.timeline.publish(
+            refused(&interface, "foreign_server", &message)
+                .field("server_ip", server.server_ip.to_string())
+                .field("server_mac", server.mac.colon())
+                .field("offered", server.offered.to_string()),
+        );
+    }
+    anyhow::bail!(message)
+}
+
+/// Starts the server after `checks`; it runs until `ctx.shutdown` is
+/// cancelled, then closes its socket.
+pub async fn start_with(
+    ctx: ServiceContext,
+    config: DhcpConfig,
+    settings: Settings,
+    checks: StartupChecks,
 ) -> anyhow::Result<RunningService> {
     let server_ip = match ctx.bind_ip {
         IpAddr::V4(ip) => ip,
@@ -142,6 +271,7 @@ pub async fn start(
     check_config(&config, server_ip)?;
     let plan = options::OptionPlan::new(&settings)?;
     server::check_plan(&plan, &ctx)?;
+    preflight(&ctx, &config, server_ip, &checks).await?;
     let std_socket = socket::open(&config, server_ip).context("DHCP socket")?;
     let socket = tokio::net::UdpSocket::from_std(std_socket).context("DHCP socket")?;
     let mut addrs = vec![socket.local_addr()?];

@@ -354,8 +354,8 @@ pub(crate) async fn handle_request(
 
 async fn new_inbound(core: &Arc<Core>, invite: SipMsg, peer: SocketAddr, transport: Transport) {
     let tag = token(4);
-    let ext = invite.request_user().unwrap_or_default();
-    if !core.extensions.contains(&ext) {
+    let requested = invite.request_user().unwrap_or_default();
+    let Some((ext, silent_intercom)) = core.route(&requested) else {
         core.respond(
             &invite,
             response_to(&invite, Some(&tag)),
@@ -365,7 +365,7 @@ async fn new_inbound(core: &Arc<Core>, invite: SipMsg, peer: SocketAddr, transpo
         )
         .await;
         return;
-    }
+    };
     let (socket, lease) = match core.rtp_pool.bind(core.ctx.bind_ip).await {
         Ok(bound) => bound,
         Err(error) => {
@@ -442,7 +442,13 @@ async fn new_inbound(core: &Arc<Core>, invite: SipMsg, peer: SocketAddr, transpo
     )
     .await;
     emit_state(core, &call, "ringing", Some(180));
-    match core.answer_policy(&ext) {
+    // A silent intercom is answered by the PBX for the extension: no policy applies.
+    let policy = if silent_intercom {
+        AnswerPolicy::Immediately
+    } else {
+        core.answer_policy(&ext)
+    };
+    match policy {
         AnswerPolicy::Immediately => answer_locked(core, &mut call).await,
         AnswerPolicy::Reject(code) => reject_locked(core, &mut call, code).await,
         AnswerPolicy::Ring => {}
@@ -501,6 +507,9 @@ fn retransmit_2xx(
         loop {
             tokio::select! {
                 _ = acked.notified() => return,
+                // A stopped service sends nothing more: the next case's phone
+                // must not receive (and the timeline not record) a stale 200.
+                _ = core.ctx.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {
                     if tokio::time::Instant::now() >= give_up {
                         return;

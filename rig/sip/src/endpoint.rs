@@ -220,7 +220,7 @@ impl Core {
             } else {
                 user_of(&msg.from())
             };
-            role = ours.filter(|user| self.extensions.contains(user));
+            role = ours.and_then(|user| self.route(&user).map(|(ext, _)| ext));
         }
         // The phone is the other party: the sender of what came in as a request
         // or went out as a response, the addressee otherwise.
@@ -546,6 +546,20 @@ impl Core {
             Some(label) => labels.insert(ext.to_owned(), label),
             None => labels.remove(ext),
         };
+    }
+
+    /// The extension an INVITE's Request-URI user reaches, and whether it came
+    /// through the silent-intercom feature code (answered at once). `None`: 404.
+    pub fn route(&self, requested: &str) -> Option<(String, bool)> {
+        if self.extensions.iter().any(|e| e == requested) {
+            return Some((requested.to_owned(), false));
+        }
+        let prefix = self.settings.silent_intercom.as_deref()?;
+        let ext = requested.strip_prefix(prefix).filter(|e| !e.is_empty())?;
+        self.extensions
+            .iter()
+            .any(|e| e == ext)
+            .then(|| (ext.to_owned(), true))
     }
 
     pub fn answer_policy(&self, ext: &str) -> AnswerPolicy {

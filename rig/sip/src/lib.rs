@@ -146,6 +146,12 @@ pub struct Settings {
     /// `call-info`, or a literal `Name: value` line; both standard ones when absent.
     #[serde(default)]
     pub auto_answer_header: Option<String>,
+    /// The PBX feature code of a silent intercom (FreePBX "Allow Silent
+    /// Intercom", seed 000 "Monitor call"), e.g. `*55`: a call to `*554004`
+    /// reaches extension 4004, which answers at once whatever its answer
+    /// policy — the monitored extension does not pick up. Unset: no feature code.
+    #[serde(default)]
+    pub silent_intercom: Option<String>,
     /// What the rig's extensions send when they talk: `tone` (1 kHz, default) or `silence`.
     #[serde(default)]
     pub audio: Audio,

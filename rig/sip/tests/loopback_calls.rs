@@ -169,6 +169,76 @@ async fn invites_are_routed_by_request_user_and_bounded_by_max_calls() {
     rig.stop().await;
 }
 
+/// Seed 000 "Monitor call": the phone dials feature code + extension; the PBX
+/// (the rig) connects it to the monitored extension without that extension
+/// picking up, even while its own calls only ring.
+#[tokio::test]
+async fn silent_intercom_feature_code_reaches_the_extension_answered_at_once() {
+    let settings = Settings {
+        answer: [("4004".to_owned(), AnswerPolicy::Ring)]
+            .into_iter()
+            .collect(),
+        silent_intercom: Some("*55".into()),
+        ..Settings::default()
+    };
+    let rig = rig(
+        "127.125.10.1",
+        vec![phone("uc924", "4002", "001a4d5c2591")],
+        settings,
+        Timers::default(),
+    )
+    .await;
+    let phone = UdpPhone::new("127.125.10.2", rig.addr).await;
+    let sdp = offer("127.125.10.2", 7100, "recvonly");
+
+    // Not an extension, and the bare feature code reaches nobody.
+    for (i, user) in ["*554010", "*55"].into_iter().enumerate() {
+        phone
+            .send(&phone.request(
+                "INVITE",
+                user,
+                (&format!("m-no-{i}"), 1, &format!("z9hG4bKmn{i}")),
+                None,
+                Some(&sdp),
+            ))
+            .await;
+        phone.expect(404).await;
+    }
+
+    phone
+        .send(&phone.request(
+            "INVITE",
+            "*554004",
+            ("m-1", 1, "z9hG4bKm1"),
+            None,
+            Some(&sdp),
+        ))
+        .await;
+    let ok = phone.expect(200).await;
+    assert!(ok.body_text().contains("a=sendonly"), "{}", ok.body_text());
+    let answered = rig
+        .wait_for("answered", WAIT, |e| {
+            is(e, "call.state", "state", "answered")
+        })
+        .await;
+    assert_eq!(answered.field_str("role"), Some("4004"));
+    assert_eq!(answered.field_str("call_id"), Some("m-1"));
+
+    // A plain call to 4004 still follows its policy: it rings.
+    phone
+        .send(&phone.request("INVITE", "4004", ("m-2", 1, "z9hG4bKm2"), None, Some(&sdp)))
+        .await;
+    phone.expect(180).await;
+    assert_eq!(
+        rig.events("call.state")
+            .iter()
+            .filter(|e| e.field_str("state") == Some("answered"))
+            .count(),
+        1
+    );
+    rig.stop().await;
+}
+
 #[tokio::test]
 async fn delayed_answer_phone_hold_and_rtp_loss_then_phone_hangs_up() {
     let delay = HumanDuration(Duration::from_millis(200));

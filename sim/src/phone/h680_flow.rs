@@ -39,9 +39,20 @@ impl Session {
         };
         let mac = self.phone.spec.mac.lower();
         self.say(format!("auto provision: server {server}"));
-        let files = match self.fetch(&server.file("common.boot")).await {
+        // 001 自动更新: common.boot first, then the files it names, in its order.
+        let boot = if self.phone.faults.has(Fault::H680SkipsCommonBoot) {
+            Err(FetchError::NotFound("common.boot (not asked for)".into()))
+        } else {
+            self.fetch(&server.file("common.boot")).await
+        };
+        let files = match boot {
             Ok(data) => match h680::parse_boot(&String::from_utf8_lossy(&data), &mac) {
-                Ok(files) => files,
+                Ok(mut files) => {
+                    if self.phone.faults.has(Fault::H680BootFilesReversed) {
+                        files.reverse();
+                    }
+                    files
+                }
                 Err(error) => {
                     self.say(format!("auto provision: common.boot: {error}"));
                     return None;

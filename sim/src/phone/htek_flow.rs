@@ -7,7 +7,13 @@ impl Session {
     pub(super) async fn provision_htek(&mut self) -> Option<Outcome> {
         let lease = self.lease.clone().expect("after DHCP");
         let flash = self.flash();
-        let Some((server, source)) = htek::config_server(&lease, &flash) else {
+        // 004 §7: option 128, then 150, then 66.
+        let priority = if self.phone.faults.has(Fault::HtekOption66First) {
+            [66, 128, 150]
+        } else {
+            htek::OPTION_PRIORITY
+        };
+        let Some((server, source)) = htek::config_server_by(&lease, &flash, priority) else {
             self.say("[AUTOP] no provisioning server (no DHCP option 128/150/66, no Config Server Path P237)");
             return self.htek_firmware().await;
         };
@@ -16,13 +22,32 @@ impl Session {
             htek::ServerSource::Flash => "Config Server Path".to_owned(),
         };
         self.say(format!("[AUTOP] config server {server} (from {source})"));
-        let files = htek::config_files(&self.phone.devcode(), &self.phone.spec.mac.lower(), &flash);
+        let faults = &self.phone.faults;
+        // 004 §2.1: the MAC in file names is lower case.
+        let mac = if faults.has(Fault::HtekUpperCaseMac) {
+            self.phone.spec.mac.upper()
+        } else {
+            self.phone.spec.mac.lower()
+        };
+        let mut name_flash = flash.clone();
+        if faults.has(Fault::HtekIgnoresCfgPrefix) {
+            name_flash.remove(htek::p::CFG_PREFIX);
+            name_flash.remove(htek::p::CFG_POSTFIX);
+        }
+        let mut files = htek::config_files(&self.phone.devcode(), &mac, &name_flash);
+        if faults.has(Fault::HtekWrongFetchOrder) {
+            files.reverse();
+        }
+        let stop_at_first_success = !faults.has(Fault::HtekNoStopAtFirstSuccess);
         for file in &files {
             let url = server.file(file);
             match self.fetch(&url).await {
                 Ok(data) => {
                     self.apply_htek(file, data);
-                    break;
+                    // 004 §2.1 Note 2: no further file after one was retrieved.
+                    if stop_at_first_success {
+                        break;
+                    }
                 }
                 Err(_) => continue,
             }
@@ -39,7 +64,11 @@ impl Session {
             ));
             return;
         }
-        let key = persistent.flash.get(htek::p::AES_KEY).cloned();
+        let key = persistent
+            .flash
+            .get(htek::p::AES_KEY)
+            .filter(|_| !self.phone.faults.has(Fault::HtekIgnoresAesKey))
+            .cloned();
         match htek::open(&data, key.as_deref()) {
             Ok(values) => {
                 let count = values.len();

@@ -7,7 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use phonerig_sim_ua::{Key, NotifyDecision, PanicButton, PanicMode, Telephony, UaConfig, UaEvent};
+use phonerig_sim_ua::{
+    Fault, FaultSet, Key, NotifyDecision, PanicButton, PanicMode, Telephony, UaConfig, UaEvent,
+};
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -67,6 +69,8 @@ pub(crate) enum SessionCommand {
 pub(crate) struct Phone {
     pub spec: VirtualPhoneSpec,
     pub model: Model,
+    /// The fault switch: documented rules this phone breaks on purpose (empty by default).
+    pub faults: FaultSet,
     pub console: Console,
     pub attachment: Attachment,
     persistent: Mutex<Persistent>,
@@ -87,6 +91,7 @@ impl Phone {
     pub(crate) fn new(
         spec: VirtualPhoneSpec,
         model: Model,
+        faults: FaultSet,
         console: Console,
         attachment: Attachment,
     ) -> Phone {
@@ -94,11 +99,16 @@ impl Phone {
         Phone {
             spec,
             model,
+            faults,
             console,
             attachment,
             persistent: Mutex::new(persistent),
             live: Mutex::new(Live {
                 phase: "off",
+                // A virtual Htek comes with its USB panic button plugged in, as on
+                // a bench whose button capability is wired (000 "Connecting to the
+                // IP Phone"); `DETACH` unplugs it.
+                button_attached: model.vendor == Vendor::Htek,
                 ..Live::default()
             }),
         }
@@ -261,6 +271,9 @@ impl Phone {
             live.powered
         };
         if powered && self.model.vendor == Vendor::Htek {
+            if attached && self.faults.has(Fault::HtekNoUsbConnectedMessage) {
+                return;
+            }
             self.say(if attached {
                 "USB Button is connected!"
             } else {
@@ -547,7 +560,9 @@ impl Session {
                 return Some(Outcome::Reboot);
             }
             SessionCommand::Resync => {
-                if self.phone.model.vendor == Vendor::Panasonic {
+                if self.phone.model.vendor == Vendor::Panasonic
+                    && !self.phone.faults.has(Fault::PanasonicResyncWithoutRestart)
+                {
                     // 003 §5.4.5: the unit restarts, then downloads.
                     return Some(Outcome::Reboot);
                 }
@@ -789,6 +804,7 @@ impl Session {
             t2: account.t2,
             rtp_port_base: 11780,
             auto_answer: account.auto_answer,
+            faults: self.phone.faults.clone(),
             register_retry: self
                 .phone
                 .spec
@@ -820,7 +836,11 @@ impl Session {
     fn ua_event(&mut self, event: UaEvent) {
         use h680::ActionEvent as A;
         match event {
-            UaEvent::Registered { .. } => self.action(A::Registered, None),
+            UaEvent::Registered { .. } => {
+                if !self.phone.faults.has(Fault::H680NoRegisteredAction) {
+                    self.action(A::Registered, None)
+                }
+            }
             UaEvent::RegisterFailed { .. } => self.action(A::RegisterFailed, None),
             UaEvent::Unregistered => self.action(A::Unregistered, None),
             UaEvent::IncomingCall { call_id, from } => {
@@ -880,11 +900,19 @@ fn notify_decision(
             if !token.eq_ignore_ascii_case("check-sync") {
                 return NotifyDecision::Reject(489);
             }
+            if phone.faults.has(Fault::HtekIgnoresCheckSync) {
+                return NotifyDecision::Accept;
+            }
             // 004 §8: `reboot=true` in the Event header → reboot at once, then provision.
             let reboot = event
                 .split(';')
                 .skip(1)
                 .any(|p| p.trim().eq_ignore_ascii_case("reboot=true"));
+            let reboot = if phone.faults.has(Fault::HtekIgnoresRebootTrue) {
+                false
+            } else {
+                reboot || phone.faults.has(Fault::HtekRebootsWithoutRebootTrue)
+            };
             let _ = commands.send(if reboot {
                 SessionCommand::Reboot("NOTIFY check-sync;reboot=true")
             } else {
@@ -896,10 +924,14 @@ fn notify_decision(
             let (configured, enabled) = {
                 let persistent = lock(&phone.persistent);
                 (
-                    persistent
-                        .layers
-                        .get("CFG_RESYNC_FROM_SIP")
-                        .unwrap_or_default(),
+                    if phone.faults.has(Fault::PanasonicIgnoresCustomEvent) {
+                        "check-sync".to_owned()
+                    } else {
+                        persistent
+                            .layers
+                            .get("CFG_RESYNC_FROM_SIP")
+                            .unwrap_or_default()
+                    },
                     persistent.layers.enabled("PROVISION_ENABLE"),
                 )
             };

@@ -13,11 +13,30 @@ impl Session {
                 persistent.factory_default && persistent.layers.enabled("OPTION66_ENABLE"),
             )
         };
-        if !enabled {
+        if !enabled
+            && !self
+                .phone
+                .faults
+                .has(Fault::PanasonicIgnoresProvisionEnable)
+        {
             self.say("PROVISIONING: disabled (PROVISION_ENABLE=\"N\")");
             return None;
         }
-        let mac = self.phone.spec.mac.lower();
+        // 003 §2.4.3: {mac} is the lower-case MAC.
+        let mac = if self.phone.faults.has(Fault::PanasonicUpperCaseMac) {
+            self.phone.spec.mac.upper()
+        } else {
+            self.phone.spec.mac.lower()
+        };
+        // 003 §2.4.2: only a unit with no configuration applied pre-provisions.
+        let pre_provision = pre_provision
+            || (self
+                .phone
+                .faults
+                .has(Fault::PanasonicPreprovisionsWhenConfigured)
+                && lock(&self.phone.persistent)
+                    .layers
+                    .enabled("OPTION66_ENABLE"));
         if at_boot && pre_provision {
             match lease.text(66).map(|v| panasonic::option66_host(&v)) {
                 Some(Ok(host)) => match ServerUrl::parse(&host, Scheme::Tftp) {
@@ -25,7 +44,7 @@ impl Session {
                         let url = server.file(panasonic::PRE_PROVISIONING_FILE);
                         self.say(format!("PRE-PROVISIONING: option 66 {host}"));
                         if let Ok(data) = self.fetch(&url).await {
-                            match panasonic::parse(&data) {
+                            match panasonic::parse(&self.line_ends(data)) {
                                 Ok(parsed) => {
                                     self.log_ignored(&parsed);
                                     let mut persistent = lock(&self.phone.persistent);
@@ -82,7 +101,7 @@ impl Session {
                 failed = true;
                 continue;
             }
-            match panasonic::parse(&data) {
+            match panasonic::parse(&self.line_ends(data)) {
                 Ok(parsed) => {
                     self.log_ignored(&parsed);
                     self.say(format!(
@@ -91,8 +110,22 @@ impl Session {
                         url.file_name(),
                         parsed.values.len()
                     ));
+                    // 003 §2.5: standard > product > master.
+                    let layer = match kind {
+                        panasonic::FileKind::Master
+                            if self.phone.faults.has(Fault::PanasonicMasterOverStandard) =>
+                        {
+                            panasonic::FileKind::Standard
+                        }
+                        panasonic::FileKind::Standard
+                            if self.phone.faults.has(Fault::PanasonicMasterOverStandard) =>
+                        {
+                            panasonic::FileKind::Master
+                        }
+                        kind => kind,
+                    };
                     let mut persistent = lock(&self.phone.persistent);
-                    persistent.layers.set(kind, parsed.values);
+                    persistent.layers.set(layer, parsed.values);
                     persistent.factory_default = false;
                 }
                 Err(error) => {
@@ -114,6 +147,22 @@ impl Session {
             );
         }
         None
+    }
+
+    /// 003 §5.2.1 wants CR LF line ends; the fault switch can make the unit
+    /// accept bare LF by completing them before the file is read.
+    fn line_ends(&self, data: Vec<u8>) -> Vec<u8> {
+        if !self.phone.faults.has(Fault::PanasonicAcceptsLfLineEnds) {
+            return data;
+        }
+        let mut out = Vec::with_capacity(data.len() + data.len() / 16);
+        for (i, byte) in data.iter().enumerate() {
+            if *byte == b'\n' && (i == 0 || data[i - 1] != b'\r') {
+                out.push(b'\r');
+            }
+            out.push(*byte);
+        }
+        out
     }
 
     fn log_ignored(&self, parsed: &panasonic::ParsedFile) {

@@ -51,6 +51,9 @@ pub enum ServerSource {
     Flash,
 }
 
+/// 004 §7: the DHCP options that carry the server, highest priority first.
+pub const OPTION_PRIORITY: [u8; 3] = [128, 150, 66];
+
 /// 004 §7: DHCP option 128, then 150, then 66 (when P145 "Allow DHCP Option
 /// To Override Server" is not 0), else the Config Server Path P237. A bare
 /// address means HTTP, the phone's default protocol.
@@ -58,15 +61,26 @@ pub fn config_server(
     lease: &Lease,
     flash: &BTreeMap<String, String>,
 ) -> Option<(ServerUrl, ServerSource)> {
+    config_server_by(lease, flash, OPTION_PRIORITY)
+}
+
+/// [`config_server`] with the DHCP options tried in `priority` order.
+pub fn config_server_by(
+    lease: &Lease,
+    flash: &BTreeMap<String, String>,
+    priority: [u8; 3],
+) -> Option<(ServerUrl, ServerSource)> {
     let override_allowed = flash
         .get(p::DHCP_OPTION_OVERRIDE)
         .is_none_or(|v| v.trim() != "0");
     if override_allowed {
-        let candidates = [
-            (128u8, lease.text(128).into_iter().collect::<Vec<_>>()),
-            (150, lease.option_150()),
-            (66, lease.text(66).into_iter().collect()),
-        ];
+        let candidates = priority.map(|code| {
+            let values: Vec<String> = match code {
+                150 => lease.option_150(),
+                _ => lease.text(code).into_iter().collect(),
+            };
+            (code, values)
+        });
         for (code, values) in candidates {
             for value in values {
                 if let Ok(url) = ServerUrl::parse(&value, Scheme::Http) {

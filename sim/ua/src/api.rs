@@ -44,6 +44,9 @@ pub struct UaConfig {
     /// Wait before a failed registration is tried again.
     #[serde(deserialize_with = "duration_text")]
     pub register_retry: Duration,
+    /// Documented behaviours broken on purpose (see [`crate::fault`]); empty by default.
+    #[serde(skip)]
+    pub faults: crate::fault::FaultSet,
 }
 
 impl Default for UaConfig {
@@ -64,6 +67,7 @@ impl Default for UaConfig {
             auto_answer: None,
             intercom_auto_answer: true,
             register_retry: Duration::from_secs(30),
+            faults: crate::fault::FaultSet::default(),
         }
     }
 }

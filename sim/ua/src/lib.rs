@@ -8,6 +8,7 @@
 //! [`UaEvent`]s, and over the wire.
 
 pub mod api;
+pub mod fault;
 pub mod panic_rules;
 pub mod rtp;
 pub mod sdp;
@@ -15,5 +16,6 @@ pub mod sip;
 mod ua;
 
 pub use api::*;
+pub use fault::{Fault, FaultInfo, FaultSet};
 pub use panic_rules::{decide, Decision, PanicFunction};
 pub use ua::{Console, NotifyHandler, Telephony};

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::fault::{Fault, FaultSet};
+
 /// P24962: 0 = emergency (default), 1 = normal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -168,6 +170,16 @@ pub enum Decision {
 }
 
 pub fn decide(mode: PanicMode, function: Option<PanicFunction>, state: PhoneState) -> Decision {
+    decide_with_faults(mode, function, state, &FaultSet::default())
+}
+
+/// [`decide`] on a phone whose fault switch may break one of the rules on purpose.
+pub fn decide_with_faults(
+    mode: PanicMode,
+    function: Option<PanicFunction>,
+    state: PhoneState,
+    faults: &FaultSet,
+) -> Decision {
     let function = match function {
         None => return Decision::Refuse("unknown function code"),
         Some(PanicFunction::NotAssigned) => return Decision::Refuse("no function assigned (N/A)"),
@@ -175,7 +187,15 @@ pub fn decide(mode: PanicMode, function: Option<PanicFunction>, state: PhoneStat
     };
     match (mode, state) {
         (_, PhoneState::Idle) => Decision::Perform,
+        (PanicMode::Emergency, _) if faults.has(Fault::PanicEmergencyKeepsCall) => {
+            Decision::Perform
+        }
         (PanicMode::Emergency, _) => Decision::HangUpThenPerform,
+        (PanicMode::Normal, PhoneState::Dialing)
+            if faults.has(Fault::PanicNormalPerformsWhileDialing) =>
+        {
+            Decision::Perform
+        }
         (PanicMode::Normal, PhoneState::Dialing) => {
             Decision::Refuse("normal mode: not performed while dialing")
         }
@@ -185,7 +205,14 @@ pub fn decide(mode: PanicMode, function: Option<PanicFunction>, state: PhoneStat
             Decision::Perform
         }
         (PanicMode::Normal, PhoneState::InCall) if function.is_call_function() => {
-            Decision::HoldThenPerform
+            if faults.has(Fault::PanicNormalNoHoldInCall) {
+                Decision::Perform
+            } else {
+                Decision::HoldThenPerform
+            }
+        }
+        (PanicMode::Normal, _) if faults.has(Fault::PanicNormalPerformsOtherWhenBusy) => {
+            Decision::Perform
         }
         (PanicMode::Normal, _) => Decision::Refuse(
             "normal mode: other functions are not performed while ringing, holding or in a call",
@@ -252,6 +279,54 @@ mod tests {
         #[case] want: Decision,
     ) {
         assert_eq!(decide(mode, Some(function), state), want);
+    }
+
+    // Each panic fault flips exactly its own row and leaves the others as documented.
+    #[rstest]
+    #[case::emergency_keeps_call(Fault::PanicEmergencyKeepsCall, Emergency, Dnd, InCall, Perform)]
+    #[case::performs_while_dialing(
+        Fault::PanicNormalPerformsWhileDialing,
+        Normal,
+        SpeedDial,
+        Dialing,
+        Perform
+    )]
+    #[case::no_hold_in_call(Fault::PanicNormalNoHoldInCall, Normal, SpeedDial, InCall, Perform)]
+    #[case::other_when_busy(Fault::PanicNormalPerformsOtherWhenBusy, Normal, Dnd, Ringing, Perform)]
+    fn faults_flip_one_rule(
+        #[case] fault: Fault,
+        #[case] mode: PanicMode,
+        #[case] function: PanicFunction,
+        #[case] state: PhoneState,
+        #[case] want: Decision,
+    ) {
+        let faults: FaultSet = [fault].into_iter().collect();
+        assert_ne!(decide(mode, Some(function), state), want);
+        assert_eq!(
+            decide_with_faults(mode, Some(function), state, &faults),
+            want
+        );
+        for (m, f, s) in [
+            (Emergency, SilentCall, Ringing),
+            (Normal, SpeedDial, Dialing),
+            (Normal, SpeedDial, InCall),
+            (Normal, LocalGroup, Holding),
+        ] {
+            if (m, f, s) != (mode, function, state)
+                && decide(m, Some(f), s) != decide_with_faults(m, Some(f), s, &faults)
+            {
+                let flipped = decide_with_faults(m, Some(f), s, &faults);
+                // Only rows governed by the same rule may change.
+                assert!(
+                    matches!(
+                        (fault, m, s),
+                        (Fault::PanicEmergencyKeepsCall, Emergency, _)
+                            | (Fault::PanicNormalPerformsOtherWhenBusy, Normal, _)
+                    ),
+                    "{fault} also changed {m:?}/{f:?}/{s:?} to {flipped:?}"
+                );
+            }
+        }
     }
 
     #[rstest]

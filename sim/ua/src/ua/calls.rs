@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::{random_token, reason_phrase, Inner, Model};
 use crate::api::*;
+use crate::fault::Fault;
 use crate::rtp::{MediaFlags, RtpStream};
 use crate::sdp::{self, AudioSdp};
 use crate::sip::message::{header_param, split_list, uri_of, user_of, SipMessage};
@@ -90,7 +91,11 @@ impl Call {
         self.rtp.set_flags(MediaFlags {
             remote: self.remote_rtp,
             send: established && flow.send && self.kind.sends_audio() && !self.held_locally,
-            play: established && flow.recv && self.kind.plays_audio() && !self.held_locally,
+            // A silent call never offers to receive, unless the fault switch made it.
+            play: established
+                && flow.recv
+                && (self.kind.plays_audio() || self.local_dir.recv)
+                && !self.held_locally,
         });
     }
 
@@ -594,7 +599,9 @@ impl Inner {
     /// other active call is put on hold (call waiting).
     pub(super) fn answer(self: &Arc<Self>, m: &mut Model, idx: usize) {
         let call_id = m.calls[idx].id.clone();
-        self.interrupt_silent_calls(m, "4002 answered another call");
+        if !self.cfg.faults.has(Fault::SilentCallNotInterruptedByAnswer) {
+            self.interrupt_silent_calls(m, "4002 answered another call");
+        }
         self.hold_active_calls(m, Some(&call_id));
         let Some(idx) = m.call_index(&call_id) else {
             return;
@@ -871,7 +878,14 @@ impl Inner {
             last_ack: None,
             held_locally: false,
             held_by_remote: false,
-            local_dir: kind.base_direction(),
+            // Document 000: a silent call only sends ("4002 does not hear 4004").
+            local_dir: if kind == CallKind::Silent
+                && self.cfg.faults.has(Fault::SilentCallPlaysAudio)
+            {
+                Direction::SENDRECV
+            } else {
+                kind.base_direction()
+            },
             remote_dir: None,
             remote_initial_dir: None,
             remote_rtp: None,
@@ -1074,7 +1088,20 @@ impl Inner {
                 let device = format!("{key:?}").to_ascii_lowercase();
                 // Document 000: off-hook on the button phone interrupts a silent call,
                 // but never a monitor call (that is an ordinary visible call).
-                self.interrupt_silent_calls(m, &format!("off-hook ({device})"));
+                if !self
+                    .cfg
+                    .faults
+                    .has(Fault::SilentCallNotInterruptedByOffHook)
+                {
+                    self.interrupt_silent_calls(m, &format!("off-hook ({device})"));
+                }
+                if self.cfg.faults.has(Fault::MonitorInterruptedByOffHook) {
+                    self.end_calls_where(
+                        m,
+                        |c| c.kind == CallKind::Monitor,
+                        &format!("monitor call interrupted: off-hook ({device})"),
+                    );
+                }
                 if newest(m, &active).is_some() || newest(m, &calling).is_some() {
                     m.say(format!("[AUDIO] audio switched to {device}"));
                 } else if let Some(idx) = newest(m, &ringing) {
@@ -1113,7 +1140,13 @@ impl Inner {
                 }
                 let number = format!("{}{digits}", m.dialing.take().unwrap_or_default());
                 // Document 000: calling out interrupts silent and monitor calls.
-                self.interrupt_silent_calls(m, &format!("calling {number}"));
+                if !self
+                    .cfg
+                    .faults
+                    .has(Fault::SilentCallNotInterruptedByDialing)
+                {
+                    self.interrupt_silent_calls(m, &format!("calling {number}"));
+                }
                 self.end_calls_where(
                     m,
                     |c| c.kind == CallKind::Monitor,

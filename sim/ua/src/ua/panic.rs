@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{Inner, Model};
 use crate::api::*;
-use crate::panic_rules::{decide, Decision, PanicFunction};
+use crate::panic_rules::{decide_with_faults, Decision, PanicFunction};
 
 impl Inner {
     pub(super) fn panic_press(self: &Arc<Self>, m: &mut Model) {
@@ -15,7 +15,7 @@ impl Inner {
         };
         let function = PanicFunction::from_code(button.function);
         let state = m.phone_state();
-        let decision = decide(button.mode, function, state);
+        let decision = decide_with_faults(button.mode, function, state, &self.cfg.faults);
         match decision {
             Decision::Refuse(why) => return report(m, false, why.to_string()),
             Decision::HangUpThenPerform => {
