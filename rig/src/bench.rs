@@ -99,7 +99,7 @@ impl Bench {
         } else {
             require_lab_nic(&lab)?;
             match run_dir {
-                Some(dir) => Some(start_capture(&lab, &timeline, dir)?),
+                Some(dir) => start_capture(&lab, &timeline, dir),
                 None => None,
             }
         };
@@ -447,11 +447,14 @@ fn require_lab_nic(lab: &Lab) -> anyhow::Result<()> {
     .map_err(|e| anyhow!("{e}"))
 }
 
+/// A capture that cannot start (no CAP_NET_RAW) does not stop the run: the
+/// services still see everything they serve; the failure is a `capture.error`
+/// event and a warning.
 fn start_capture(
     lab: &Lab,
     timeline: &Timeline,
     run_dir: &Path,
-) -> anyhow::Result<phonerig_drivers::capture::Capture> {
+) -> Option<phonerig_drivers::capture::Capture> {
     let phones = lab
         .phones
         .iter()
@@ -462,11 +465,25 @@ fn start_capture(
         run_dir.join("capture.pcap"),
         phones,
     );
-    let timeline = timeline.clone();
-    in_lab_netns(lab, move || {
-        phonerig_drivers::capture::Capture::start(settings, timeline).map_err(std::io::Error::other)
-    })
-    .map_err(|e| anyhow!("{e}"))
+    let events = timeline.clone();
+    let started = in_lab_netns(lab, move || {
+        phonerig_drivers::capture::Capture::start(settings, events).map_err(std::io::Error::other)
+    });
+    match started {
+        Ok(capture) => Some(capture),
+        Err(error) => {
+            eprintln!("rig: warning: no capture.pcap for this run: {error}");
+            timeline.publish(
+                phonerig_core::event::NewEvent::new(
+                    phonerig_core::Source::Capture,
+                    "capture.error",
+                )
+                .field("interface", &lab.bench.nic)
+                .field("error", error.to_string()),
+            );
+            None
+        }
+    }
 }
 
 /// The services of one case; stopped (ports released) before the next case.

@@ -87,7 +87,7 @@ pub fn render(findings: &[Finding]) -> String {
     for finding in findings {
         let mark = if finding.ok { "ok  " } else { "FAIL" };
         out.push_str(&format!(
-            "{mark} {:<26} {}\n",
+            "{mark} {:<28} {}\n",
             finding.check, finding.detail
         ));
         if !finding.ok && !finding.fix.is_empty() {
