@@ -824,10 +824,13 @@ impl Session {
             Ok(telephony) => {
                 self.events = Some(telephony.events());
                 telephony.set_panic_button(self.panic_button());
+                // Kept before registering: a power cut while the REGISTER is
+                // still retransmitted drops this future, and only a telephony
+                // the session holds is shut down (its SIP port freed) in teardown.
+                self.telephony = Some(telephony.clone());
                 if let Err(error) = telephony.register().await {
                     self.say(format!("[SIP] register: {error}"));
                 }
-                self.telephony = Some(telephony);
             }
             Err(error) => self.say(format!("[SIP] cannot start: {error}")),
         }
