@@ -143,10 +143,17 @@ pub enum ConfigError {
     Format(String),
 }
 
+/// 004 §3: "The valid key (parameter K) length is from 1-16, and may only
+/// contain [0-9, A-F]" — a longer key is refused, not truncated or used.
+pub const AES_KEY_MAX_DIGITS: usize = 16;
+
 /// P8631 as openssl's `-K`: hex digits, the missing ones taken as zero.
 pub fn aes_key(text: &str) -> Result<[u8; 16], ConfigError> {
     let text = text.trim();
-    if text.is_empty() || text.len() > 32 || !text.chars().all(|c| c.is_ascii_hexdigit()) {
+    if text.is_empty()
+        || text.len() > AES_KEY_MAX_DIGITS
+        || !text.chars().all(|c| c.is_ascii_hexdigit())
+    {
         return Err(ConfigError::BadKey(text.to_owned()));
     }
     let padded = format!("{text:0<32}");
@@ -425,6 +432,16 @@ mod tests {
     #[case("0123456789ABCDEF", "0123456789abcdef0000000000000000")]
     fn aes_key_is_zero_padded(#[case] text: &str, #[case] hex_key: &str) {
         assert_eq!(hex::encode(aes_key(text).unwrap()), hex_key);
+    }
+
+    /// 004 §3: keys of 1-16 characters [0-9, A-F] only.
+    #[rstest]
+    #[case::seventeen_digits("0123456789ABCDEF0")]
+    #[case::full_openssl_length("0123456789ABCDEF0123456789ABCDEF")]
+    #[case::not_hex("001FC1BG")]
+    #[case::empty("")]
+    fn aes_keys_outside_the_documented_form_are_refused(#[case] text: &str) {
+        assert!(matches!(aes_key(text), Err(ConfigError::BadKey(_))));
     }
 
     #[rstest]
