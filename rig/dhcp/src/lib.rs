@@ -231,13 +231,13 @@ async fn preflight(
     .await
     .context("DHCP probe")?
     .context("probing for other DHCP servers")?;
-    ctx.timeline.publish(
-        NewEvent::new(Source::Dhcp, "dhcp.probe")
-            .field("interface", interface.as_str())
-            .field("waited_ms", wait.as_millis() as u64)
-            .field("answers", found.len()),
-    );
     if found.is_empty() {
+        ctx.timeline.publish(
+            NewEvent::new(Source::Dhcp, "dhcp.probe")
+                .field("interface", interface.as_str())
+                .field("waited_ms", wait.as_millis() as u64)
+                .field("answers", 0),
+        );
         return Ok(());
     }
     let names: Vec<String> = found.iter().map(ToString::to_string).collect();
