@@ -110,6 +110,10 @@ pub enum RegisterPolicy {
     Reject { code: u16 },
     /// Answer every REGISTER with a fresh 401 challenge, whatever it carries.
     ChallengeForever,
+    /// Never answer REGISTER (a registrar that is down or unreachable), so the
+    /// phone's retransmission schedule (timer E) and give-up (timer F) show on
+    /// the timeline; each retransmission is still recorded as `sip.message`.
+    Ignore,
 }
 
 /// What an extension the rig plays does with an incoming call.

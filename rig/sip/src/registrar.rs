@@ -30,9 +30,13 @@ pub(crate) struct Registrar {
 /// What the registrar decided for one REGISTER.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Verdict {
-    Challenge { stale: bool },
+    Challenge {
+        stale: bool,
+    },
     Reject(u16),
     Accept,
+    /// Send nothing back.
+    Ignore,
 }
 
 impl Registrar {
@@ -98,6 +102,7 @@ impl Registrar {
         match self.policy {
             RegisterPolicy::Reject { code } => return Verdict::Reject(code),
             RegisterPolicy::ChallengeForever => return Verdict::Challenge { stale: false },
+            RegisterPolicy::Ignore => return Verdict::Ignore,
             RegisterPolicy::Accept => {}
         }
         let Some(algorithm) = self.algorithm else {
@@ -190,6 +195,14 @@ pub(crate) async fn handle(core: &Core, request: SipMsg, peer: SocketAddr, trans
             )
         }
         Verdict::Reject(code) => (code, "rejected", response_to(&request, Some(&to_tag))),
+        Verdict::Ignore => {
+            // No response: retransmissions of this request are absorbed by the
+            // endpoint (recorded as `sip.message`, nothing resent) until the phone gives up.
+            publish_attempt(
+                core, &request, phone, peer, transport, expires, "ignored", None,
+            );
+            return;
+        }
         Verdict::Accept => {
             let removing = contact.trim() == "*" || expires == 0 || contact.is_empty();
             let mut table = registrar.table.lock().unwrap_or_else(|p| p.into_inner());
@@ -225,7 +238,32 @@ pub(crate) async fn handle(core: &Core, request: SipMsg, peer: SocketAddr, trans
         }
     };
     core.respond(&request, builder, code, peer, transport).await;
+    publish_attempt(
+        core,
+        &request,
+        phone,
+        peer,
+        transport,
+        expires,
+        result,
+        Some(code),
+    );
+}
 
+/// One `sip.register` event for a REGISTER the registrar decided on.
+#[allow(clippy::too_many_arguments)]
+fn publish_attempt(
+    core: &Core,
+    request: &SipMsg,
+    phone: Option<std::sync::Arc<phonerig_core::PhoneInfo>>,
+    peer: SocketAddr,
+    transport: Transport,
+    expires: u32,
+    result: &str,
+    code: Option<u16>,
+) {
+    let contact = request.header("contact").unwrap_or_default();
+    let user_agent = request.header("user-agent");
     let parsed = user_agent.as_deref().and_then(user_agent::parse);
     let phone_name = phone
         .map(|p| p.name.clone())
@@ -233,7 +271,7 @@ pub(crate) async fn handle(core: &Core, request: SipMsg, peer: SocketAddr, trans
     core.ctx.timeline.publish(
         NewEvent::new(Source::Sip, "sip.register")
             .phone(phone_name)
-            .field("aor", aor)
+            .field("aor", uri_of(&request.to()))
             .field("contact", contact)
             .field("expires", expires)
             .field("user_agent", user_agent)
@@ -316,6 +354,7 @@ mod tests {
     #[rstest]
     #[case(RegisterPolicy::Reject { code: 403 }, Verdict::Reject(403))]
     #[case(RegisterPolicy::ChallengeForever, Verdict::Challenge { stale: false })]
+    #[case(RegisterPolicy::Ignore, Verdict::Ignore)]
     fn forced_policies_ignore_good_credentials(
         #[case] policy: RegisterPolicy,
         #[case] expected: Verdict,

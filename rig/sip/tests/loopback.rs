@@ -602,3 +602,72 @@ async fn read_tls<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, buffer: &mut 
         buffer.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// `register = "ignore"`: a registrar that never answers. The phone's
+/// REGISTER and each retransmission are recorded as `sip.message`, one
+/// `sip.register` with `result = "ignored"` and no code marks the attempt,
+/// and nothing at all comes back — while OPTIONS still gets its 200 (the
+/// service is up; only REGISTER is ignored).
+#[tokio::test]
+async fn ignored_register_gets_no_answer_and_every_retransmission_is_recorded() {
+    let settings = Settings {
+        register: phonerig_sip::RegisterPolicy::Ignore,
+        ..Settings::default()
+    };
+    let rig = rig(
+        "127.130.3.1",
+        vec![phone("h680", "4002", "0c383e680001")],
+        settings,
+        Timers::default(),
+    )
+    .await;
+    let client = UdpSocket::bind("127.130.3.2:0").await.unwrap();
+    let local = client.local_addr().unwrap();
+    let rig_host = rig.addr.to_string();
+    let request = format!(
+        "REGISTER sip:{rig_host} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKign1\r\nFrom: <sip:4002@{rig_host}>;tag=h1\r\nTo: <sip:4002@{rig_host}>\r\n\
+         Call-ID: ign-1@{local}\r\nCSeq: 1 REGISTER\r\nContact: <sip:4002@{local}>\r\nExpires: 300\r\n\
+         User-Agent: Lvswitch SIP-H680 2.0.1.6\r\nContent-Length: 0\r\n\r\n"
+    );
+    // The original and two retransmissions (same branch, as timer E sends them).
+    for _ in 0..3 {
+        client.send_to(request.as_bytes(), rig.addr).await.unwrap();
+    }
+    let options = format!(
+        "OPTIONS sip:4004@{rig_host} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKignopt\r\nFrom: <sip:4002@{rig_host}>;tag=o\r\nTo: <sip:4004@{rig_host}>\r\nCall-ID: ign-opt\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    client.send_to(options.as_bytes(), rig.addr).await.unwrap();
+    // The only answer is the one to OPTIONS: nothing was sent for REGISTER.
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(WAIT, client.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = SipMsg::parse(&buf[..n]).unwrap();
+    assert_eq!(answer.status(), Some(200));
+    assert!(answer.header("cseq").unwrap().ends_with("OPTIONS"));
+    let attempt = rig
+        .wait_for("sip.register ignored", WAIT, |e| {
+            is(e, "sip.register", "result", "ignored")
+        })
+        .await;
+    assert!(attempt.fields.get("code").is_none_or(|c| c.is_null()));
+    assert_eq!(attempt.phone.as_deref(), Some("h680"));
+    let registers_in = rig
+        .events("sip.message")
+        .iter()
+        .filter(|e| {
+            e.field_str("method") == Some("REGISTER") && e.field_str("direction") == Some("in")
+        })
+        .count();
+    assert_eq!(registers_in, 3);
+    assert_eq!(rig.events("sip.register").len(), 1);
+    assert!(rig.handle.registration("4002").is_none());
+    // No response of any kind went out for REGISTER.
+    assert!(!rig
+        .events("sip.message")
+        .iter()
+        .any(|e| e.field_str("direction") == Some("out")
+            && e.field_str("cseq").is_some_and(|c| c.ends_with("REGISTER"))));
+    rig.stop().await;
+}
