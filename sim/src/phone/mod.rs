@@ -839,10 +839,8 @@ impl Session {
     fn ua_event(&mut self, event: UaEvent) {
         use h680::ActionEvent as A;
         match event {
-            UaEvent::Registered { .. } => {
-                if !self.phone.faults.has(Fault::H680NoRegisteredAction) {
-                    self.action(A::Registered, None)
-                }
+            UaEvent::Registered { .. } if !self.phone.faults.has(Fault::H680NoRegisteredAction) => {
+                self.action(A::Registered, None)
             }
             UaEvent::RegisterFailed { .. } => self.action(A::RegisterFailed, None),
             UaEvent::Unregistered => self.action(A::Unregistered, None),
