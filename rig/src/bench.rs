@@ -441,10 +441,40 @@ fn in_lab_netns<T: Send + 'static>(
 /// binds, with the fix in the message.
 fn require_lab_nic(lab: &Lab) -> anyhow::Result<()> {
     let (nic, ip) = (lab.bench.nic.clone(), IpAddr::V4(lab.bench.ip));
+    if lab.bench.dedicated {
+        // Declared dedicated (`dedicated = true`, --i-know-this-interface-is-dedicated):
+        // the default route does not stop the bench; the DHCP server's start-up
+        // checks record the override as a warning (docs/safety.md).
+        let findings = in_lab_netns(lab, move || {
+            Ok(phonerig_drivers::doctor::check_nic(&nic, Some(ip)))
+        })?;
+        let problems: Vec<String> = findings
+            .into_iter()
+            .filter(|f| !f.ok && f.check != "nic.link" && f.check != "nic.not_default_route")
+            .map(|f| format!("{}: {} (fix: {})", f.check, f.detail, f.fix))
+            .collect();
+        anyhow::ensure!(
+            problems.is_empty(),
+            "the lab NIC is not ready: {}",
+            problems.join("; ")
+        );
+        return Ok(());
+    }
     in_lab_netns(lab, move || {
         phonerig_drivers::doctor::require_lab_nic(&nic, Some(ip)).map_err(std::io::Error::other)
     })
-    .map_err(|e| anyhow!("{e}"))
+    .map_err(|e| {
+        let text = e.to_string();
+        if text.contains("nic.not_default_route") {
+            anyhow!(
+                "{text}. If this interface really carries nothing but phones, override deliberately with {} or {}",
+                phonerig_dhcp::safety::OVERRIDE_FLAG,
+                phonerig_dhcp::safety::OVERRIDE_SETTING
+            )
+        } else {
+            anyhow!("{text}")
+        }
+    })
 }
 
 /// A capture that cannot start (no CAP_NET_RAW) does not stop the run: the

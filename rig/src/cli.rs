@@ -120,6 +120,8 @@ enum Command {
     Report { run_dir: PathBuf },
     /// Run the suite once per fault of the virtual phones' fault switch; print which scenarios turned red.
     Mutants(crate::mutants::MutantsArgs),
+    /// Boot storm: N virtual phones power on at once; time to all registered, per-phase p50/p99.
+    Storm(crate::storm::StormArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -267,6 +269,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Mutants(args) => crate::mutants::main(args, cancel_on_signals()).await,
+        Command::Storm(args) => crate::storm::run(args).await,
     }
 }
 

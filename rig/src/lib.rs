@@ -14,3 +14,4 @@ pub mod registry;
 pub mod run;
 pub mod runner;
 pub mod scenario;
+pub mod storm;

@@ -430,7 +430,11 @@ impl Session {
         phone.console.power_on();
         phone.set_phase("booting");
         self.banner();
-        if phone.model.vendor == Vendor::Htek && lock(&phone.live).button_attached {
+        // The button plugged in at power-on is announced like a plug-in (000).
+        if phone.model.vendor == Vendor::Htek
+            && lock(&phone.live).button_attached
+            && !phone.faults.has(Fault::HtekNoUsbConnectedMessage)
+        {
             self.say("USB Button is connected!");
         }
         tokio::time::sleep(phone.spec.timing.boot_delay).await;
@@ -839,10 +843,8 @@ impl Session {
     fn ua_event(&mut self, event: UaEvent) {
         use h680::ActionEvent as A;
         match event {
-            UaEvent::Registered { .. } => {
-                if !self.phone.faults.has(Fault::H680NoRegisteredAction) {
-                    self.action(A::Registered, None)
-                }
+            UaEvent::Registered { .. } if !self.phone.faults.has(Fault::H680NoRegisteredAction) => {
+                self.action(A::Registered, None)
             }
             UaEvent::RegisterFailed { .. } => self.action(A::RegisterFailed, None),
             UaEvent::Unregistered => self.action(A::Unregistered, None),
