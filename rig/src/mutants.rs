@@ -322,6 +322,16 @@ fn cases<'s>(
     out
 }
 
+/// An error before any step ran: the case's services did not start (a port
+/// still held by the previous case). It says nothing about the phone.
+fn is_bench_trouble(result: &CaseResult) -> bool {
+    result.verdict == Verdict::Error
+        && result
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("services did not start"))
+}
+
 fn is_red(result: &CaseResult) -> bool {
     matches!(result.verdict, Verdict::Fail | Verdict::Error)
 }
@@ -483,7 +493,13 @@ async fn run_cases(
             break;
         }
         let case = case_id(scenario, base, phone);
-        let result = runner.run_case(&case, scenario, phone).await;
+        let mut result = runner.run_case(&case, scenario, phone).await;
+        if is_bench_trouble(&result) && !cancel.is_cancelled() {
+            // The rig's own ports were not free yet: no phone, faulty or not,
+            // had a say in that. Once more after a pause, so it is not counted red.
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            result = runner.run_case(&case, scenario, phone).await;
+        }
         let red = is_red(&result);
         results.push(result);
         if red && first_red {
@@ -584,6 +600,29 @@ mod tests {
             .phones
             .iter()
             .all(|p| p.get_ref().sim.as_ref().unwrap().faults.is_empty()));
+    }
+
+    #[test]
+    fn only_a_failed_service_start_counts_as_bench_trouble() {
+        let result = |verdict, reason: &str| CaseResult {
+            case: "c@p".into(),
+            scenario: "s".into(),
+            phone: "p".into(),
+            verdict,
+            reason: Some(reason.into()),
+            duration: std::time::Duration::ZERO,
+        };
+        let busy = result(
+            Verdict::Error,
+            "services did not start: SIP: SIP UDP bind 127.139.0.1:5060: Address already in use",
+        );
+        assert!(is_bench_trouble(&busy));
+        let phone_error = result(Verdict::Error, "key answer: no SIP account configured");
+        assert!(!is_bench_trouble(&phone_error) && is_red(&phone_error));
+        assert!(!is_bench_trouble(&result(
+            Verdict::Fail,
+            "services did not start"
+        )));
     }
 
     #[test]
