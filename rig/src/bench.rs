@@ -332,18 +332,21 @@ impl Bench {
                 .map_or(Duration::from_secs(3600), Into::into),
             netns: lab.bench.netns.clone(),
         };
+        let dhcp_settings = serve.dhcp.clone().unwrap_or_default();
+        let checks = phonerig_dhcp::StartupChecks {
+            dedicated: lab.bench.dedicated,
+            ..phonerig_dhcp::StartupChecks::default()
+        };
         services.running.push(
-            self.in_bench_netns(phonerig_dhcp::start_with(
-                ctx.clone(),
-                dhcp,
-                serve.dhcp.clone().unwrap_or_default(),
-                phonerig_dhcp::StartupChecks {
-                    dedicated: lab.bench.dedicated,
-                    ..phonerig_dhcp::StartupChecks::default()
-                },
-            ))
-            .await?
-            .context("DHCP")?,
+            self.start_service("DHCP", || {
+                phonerig_dhcp::start_with(
+                    ctx.clone(),
+                    dhcp.clone(),
+                    dhcp_settings.clone(),
+                    checks.clone(),
+                )
+            })
+            .await?,
         );
 
         let tftp = phonerig_tftp::TftpConfig {
@@ -351,14 +354,12 @@ impl Bench {
             netns: lab.bench.netns.clone(),
             ..phonerig_tftp::TftpConfig::default()
         };
+        let tftp_settings = serve.tftp.clone().unwrap_or_default();
         services.running.push(
-            self.in_bench_netns(phonerig_tftp::start(
-                ctx.clone(),
-                tftp,
-                serve.tftp.clone().unwrap_or_default(),
-            ))
-            .await?
-            .context("TFTP")?,
+            self.start_service("TFTP", || {
+                phonerig_tftp::start(ctx.clone(), tftp.clone(), tftp_settings.clone())
+            })
+            .await?,
         );
 
         let http = phonerig_http::HttpConfig {
@@ -366,28 +367,24 @@ impl Bench {
             https_port: Some(ports.https),
             ..phonerig_http::HttpConfig::default()
         };
+        let http_settings = serve.http.clone().unwrap_or_default();
         services.running.push(
-            self.in_bench_netns(phonerig_http::start(
-                ctx.clone(),
-                http,
-                serve.http.clone().unwrap_or_default(),
-            ))
-            .await?
-            .context("HTTP")?,
+            self.start_service("HTTP", || {
+                phonerig_http::start(ctx.clone(), http.clone(), http_settings.clone())
+            })
+            .await?,
         );
 
         let ftp = phonerig_ftp::FtpConfig {
             port: ports.ftp,
             passive_ports: ports.ftp_passive.0..=ports.ftp_passive.1,
         };
+        let ftp_settings = serve.ftp.clone().unwrap_or_default();
         services.running.push(
-            self.in_bench_netns(phonerig_ftp::start(
-                ctx.clone(),
-                ftp,
-                serve.ftp.clone().unwrap_or_default(),
-            ))
-            .await?
-            .context("FTP")?,
+            self.start_service("FTP", || {
+                phonerig_ftp::start(ctx.clone(), ftp.clone(), ftp_settings.clone())
+            })
+            .await?,
         );
 
         let sip = phonerig_sip::SipConfig {
@@ -395,17 +392,38 @@ impl Bench {
             rtp_ports: ports.rtp.0..=ports.rtp.1,
             ..phonerig_sip::SipConfig::default()
         };
+        let sip_settings = serve.sip.clone().unwrap_or_default();
         let (running, handle) = self
-            .in_bench_netns(phonerig_sip::start(
-                ctx,
-                sip,
-                serve.sip.clone().unwrap_or_default(),
-            ))
-            .await?
-            .context("SIP")?;
+            .start_service("SIP", || {
+                phonerig_sip::start(ctx.clone(), sip.clone(), sip_settings.clone())
+            })
+            .await?;
         services.running.push(running);
         services.sip = Some(handle);
         Ok(())
+    }
+
+    /// Starts one service, retrying for a moment while its port is still held:
+    /// the previous case's service has stopped, but a task of it may own the
+    /// socket for a few more milliseconds.
+    async fn start_service<T, Fut>(&self, name: &str, start: impl Fn() -> Fut) -> anyhow::Result<T>
+    where
+        Fut: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let deadline = std::time::Instant::now() + PORT_RELEASE_GRACE;
+        loop {
+            match self
+                .in_bench_netns(start())
+                .await
+                .and_then(|started| started)
+            {
+                Err(error) if port_still_held(&error) && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                outcome => return outcome.context(name.to_owned()),
+            }
+        }
     }
 
     pub async fn close(mut self) {
@@ -423,6 +441,20 @@ impl Bench {
         }
         let _ = &self.run_dir;
     }
+}
+
+/// How long a service waits for its port to be released by the previous case.
+const PORT_RELEASE_GRACE: Duration = Duration::from_secs(3);
+
+/// Whether starting failed because the address is still in use. Services
+/// wrap the io::Error in text, so the text is checked too.
+fn port_still_held(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+            || cause.to_string().contains("Address already in use")
+    })
 }
 
 /// Runs `work` on a thread inside the lab's namespace when it has one; the
@@ -656,5 +688,27 @@ impl CaseServices {
             return Ok(());
         }
         Err(anyhow!("step has no action"))
+    }
+}
+
+#[cfg(test)]
+mod port_release_tests {
+    use super::port_still_held;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case(
+        anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::AddrInUse)),
+        true
+    )]
+    #[case(anyhow::anyhow!("SIP UDP bind 127.0.0.1:5060: Address already in use (os error 98)"), true)]
+    #[case(anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::AddrInUse)).context("TFTP"), true)]
+    #[case(
+        anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::PermissionDenied)),
+        false
+    )]
+    #[case(anyhow::anyhow!("unknown placeholder"), false)]
+    fn only_a_held_port_is_retried(#[case] error: anyhow::Error, #[case] retried: bool) {
+        assert_eq!(port_still_held(&error), retried);
     }
 }

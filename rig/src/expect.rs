@@ -234,6 +234,46 @@ pub struct Evaluator {
     broken: Option<String>,
     /// `Query::Media`: per stream, the running total before the window's packets.
     baselines: std::collections::HashMap<String, u64>,
+    /// `Query::InOrder`: the relevant events so far, in request order.
+    ordered: Vec<Event>,
+}
+
+/// When a request was made: services that publish at the end of a transfer
+/// (TFTP) record `requested_us`, so a short transfer published before a long
+/// one that was asked for first still counts in the order it was asked for.
+fn request_order(event: &Event) -> (u64, u64) {
+    (
+        event.field_u64("requested_us").unwrap_or(event.t_us),
+        event.seq,
+    )
+}
+
+/// Matches `steps` in order over `events`; with a `universe`, an event of it
+/// that is not the next step breaks the order.
+fn in_order(
+    steps: &[Matcher],
+    universe: Option<&Matcher>,
+    events: &[Event],
+) -> (Vec<u64>, Option<String>) {
+    let mut found = Vec::new();
+    for event in events {
+        if found.len() == steps.len() {
+            break;
+        }
+        if steps[found.len()].matches(event) {
+            found.push(event.seq);
+        } else if universe.is_some_and(|u| u.matches(event)) {
+            let wanted = steps[found.len()].describe();
+            return (
+                found,
+                Some(format!(
+                    "{} came where {wanted} was expected",
+                    event.brief()
+                )),
+            );
+        }
+    }
+    (found, None)
 }
 
 impl Evaluator {
@@ -243,6 +283,7 @@ impl Evaluator {
             found: Vec::new(),
             broken: None,
             baselines: Default::default(),
+            ordered: Vec::new(),
         }
     }
 
@@ -281,18 +322,14 @@ impl Evaluator {
                     }
                 }
                 Query::InOrder { steps, universe } => {
-                    if self.found.len() < steps.len() {
-                        if steps[self.found.len()].matches(event) {
-                            self.found.push(event.seq);
-                        } else if let Some(universe) = universe {
-                            if universe.matches(event) {
-                                let wanted = steps[self.found.len()].describe();
-                                self.broken = Some(format!(
-                                    "{} came where {wanted} was expected",
-                                    event.brief()
-                                ));
-                            }
-                        }
+                    let relevant = steps.iter().chain(universe).any(|m| m.matches(event));
+                    if relevant && self.found.len() < steps.len() {
+                        let key = request_order(event);
+                        let at = self.ordered.partition_point(|e| request_order(e) <= key);
+                        self.ordered.insert(at, event.clone());
+                        let (found, broken) = in_order(steps, universe.as_ref(), &self.ordered);
+                        self.found = found;
+                        self.broken = broken;
                     }
                 }
             }
