@@ -42,6 +42,10 @@ pub struct TransferRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
     pub duration_us: u64,
+    /// When the request arrived, on the timeline's clock. The event itself is
+    /// published when the transfer ends, so a short transfer that follows a
+    /// long one can be published first; this field keeps the request order.
+    pub requested_us: u64,
     /// Options as the client asked for them.
     pub options: Map<String, Value>,
     /// Options as acknowledged in the OACK (empty: plain RFC 1350 transfer).
@@ -100,6 +104,7 @@ impl TransferRecord {
             bytes: 0,
             size: None,
             duration_us: 0,
+            requested_us: 0,
             options: option_map(requested),
             agreed: Map::new(),
             phone: None,
@@ -122,6 +127,7 @@ impl TransferRecord {
         if let Some(started) = self.started {
             self.duration_us = started.elapsed().as_micros() as u64;
         }
+        self.requested_us = timeline.now_us().saturating_sub(self.duration_us);
         timeline.emit(Source::Tftp, kind, self.phone.as_deref(), &self);
     }
 }
