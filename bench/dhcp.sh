@@ -3,10 +3,10 @@
 # against dnsmasq, same pool size, in network namespaces joined by a veth
 # pair: DORA exchanges per second and drops, at increasing offered rates.
 # Goal: rig ≥ 1.0× dnsmasq. Needs root (namespaces).
-# Usage: bench/dhcp.sh   (RATES="500 1000 2000 4000" SECONDS_PER_RATE=5 CLIENTS=5000)
+# Usage: bench/dhcp.sh   (RATES="100 500 1000 2000" SECONDS_PER_RATE=5 CLIENTS=5000)
 source "$(dirname "$0")/lib.sh"
 
-RATES=${RATES:-500 1000 2000 4000}
+RATES=${RATES:-100 500 1000 2000}
 SECONDS_PER_RATE=${SECONDS_PER_RATE:-5}
 CLIENTS=${CLIENTS:-5000}
 NS_S=prbench-dhcp-s
@@ -29,6 +29,7 @@ ip link add prbds0 netns "$NS_S" type veth peer name prbdc0 netns "$NS_C"
 ip -n "$NS_S" addr add "$SERVER_IP/16" dev prbds0
 ip -n "$NS_S" link set prbds0 up
 ip -n "$NS_S" link set lo up
+ip -n "$NS_C" addr add 198.18.140.2/16 dev prbdc0   # perfdhcp needs an address on its interface
 ip -n "$NS_C" link set prbdc0 up
 ip -n "$NS_C" link set lo up
 
@@ -55,4 +56,27 @@ run_rates() {
 }
 
 lab=$(NIC=prbds0 POOL_START=$POOL_START POOL_END=$POOL_END lab_file "$SERVER_IP" "dedicated = true")
-start_rig "$lab" /dev/null ip netns exec "$NS_S" 2>/dev/null || true
+RIG_PREFIX=(ip netns exec "$NS_S")
+start_rig "$lab"
+run_rates RIG
+stop_pid "$RIG_PID"
+sleep 1
+
+ip netns exec "$NS_S" dnsmasq --keep-in-foreground --port=0 --interface=prbds0 --bind-interfaces \
+    --dhcp-range="$POOL_START,$POOL_END,1h" --dhcp-authoritative --no-ping \
+    --dhcp-leasefile="$WORK/dnsmasq.leases" --log-facility="$WORK/dnsmasq.log" --pid-file= &
+REF_PID=$!
+PIDS+=("$REF_PID")
+sleep 1
+run_rates REF
+stop_pid "$REF_PID"
+
+echo "DHCP: perfdhcp -r RATE -R $CLIENTS -p $SECONDS_PER_RATE over a veth between two namespaces; pool $POOL_START–$POOL_END; rig serve vs dnsmasq $(dnsmasq --version | awk 'NR == 1 { print $3 }') — $(machine)"
+header "offered rate (DORA/s)" dnsmasq
+for rate in $RATES; do
+    read -r r_rate r_d1 r_d2 r_sent <<<"${RIG[$rate]}"
+    read -r d_rate d_d1 d_d2 d_sent <<<"${REF[$rate]}"
+    row "$rate/s: 4-way exchanges/s" "$r_rate" "$d_rate" "DORA/s"
+    printf '|   drops DISCOVER-OFFER / REQUEST-ACK: rig %s / %s of %s, dnsmasq %s / %s of %s\n' \
+        "$r_d1" "$r_d2" "$r_sent" "$d_d1" "$d_d2" "$d_sent"
+done

@@ -34,6 +34,7 @@ wait = "1s"
 TOML
 
 cat >"$WORK/nginx.conf" <<NGINX
+user root;
 worker_processes $(nproc);
 pid $WORK/nginx.pid;
 error_log $WORK/nginx-error.log;

@@ -84,15 +84,18 @@ LAB
     echo "$WORK/lab.toml"
 }
 
-# start_rig LAB SCENARIO [wrapper …] — `rig serve` in the background (events to its run folder).
+# start_rig LAB [SCENARIO] — `rig serve` in the background (its events go to its run
+# folder, its printed events to $WORK/rig.out). RIG_PREFIX=(ip netns exec NS) runs it elsewhere.
+RIG_PREFIX=()
 start_rig() {
-    local lab=$1 scenario=$2
-    shift 2
-    "$@" "$RIG" serve --lab "$lab" --scenario "$scenario" --runs "$WORK/runs" >"$WORK/rig.out" 2>"$WORK/rig.err" &
+    local lab=$1 scenario=${2:-}
+    local args=(serve --lab "$lab" --runs "$WORK/runs")
+    [ -n "$scenario" ] && args+=(--scenario "$scenario")
+    "${RIG_PREFIX[@]}" "$RIG" "${args[@]}" >"$WORK/rig.out" 2>"$WORK/rig.err" &
     RIG_PID=$!
     PIDS+=("$RIG_PID")
     local i
-    for i in $(seq 100); do
+    for i in $(seq 150); do
         if grep -q "serving;" "$WORK/rig.err" 2>/dev/null; then return 0; fi
         if ! kill -0 "$RIG_PID" 2>/dev/null; then break; fi
         sleep 0.1
