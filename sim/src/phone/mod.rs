@@ -322,7 +322,13 @@ impl Phone {
                 outcome = session.run(&mut receiver) => outcome,
                 _ = cancel.cancelled() => Outcome::PowerOff,
             };
-            session.teardown(outcome == Outcome::Reboot).await;
+            // An orderly (unregistering) teardown may wait for a registrar that
+            // is gone; a power cut meanwhile ends it the hard way.
+            let orderly = outcome == Outcome::Reboot && !cancel.is_cancelled();
+            tokio::select! {
+                _ = session.teardown(orderly) => {}
+                _ = cancel.cancelled() => session.teardown(false).await,
+            }
             if outcome == Outcome::PowerOff || cancel.is_cancelled() {
                 return;
             }
@@ -395,9 +401,12 @@ impl Session {
         for task in self.tasks.drain(..) {
             task.abort();
         }
-        if let Some(telephony) = self.telephony.take() {
+        // Taken only once shut down: an interrupted orderly shutdown leaves it
+        // here for the hard one, so its SIP port is always freed.
+        if let Some(telephony) = self.telephony.clone() {
             telephony.shutdown(orderly).await;
         }
+        self.telephony = None;
         self.events = None;
     }
 
@@ -773,8 +782,10 @@ impl Session {
             }
             return;
         }
-        if let Some(old) = self.telephony.take() {
+        if let Some(old) = self.telephony.clone() {
+            // Kept until shut down, so a power cut meanwhile still frees its port.
             old.shutdown(true).await;
+            self.telephony = None;
             self.events = None;
         }
         self.account = account.clone();
