@@ -25,7 +25,6 @@ pub(crate) enum Attachment {
     },
 }
 
-
 /// `vp` + the last four MAC octets: unique per phone, within the 15-character limit.
 pub(crate) fn macvlan_name(mac: &Mac) -> String {
     format!("vp{}", &mac.lower()[4..])
