@@ -161,6 +161,16 @@ impl TreeStorage {
         );
     }
 
+    /// Every write command gets the same answer: an event and "permission denied".
+    fn read_only<T>(&self, path: &Path, command: &str) -> Result<T> {
+        self.refused(
+            &ftp_path(path),
+            command,
+            "the provisioning tree is read-only",
+        );
+        Err(Error::from(ErrorKind::PermissionDenied))
+    }
+
     fn resolve(&self, path: &str) -> std::result::Result<ServedFile, ResolveError> {
         self.ctx.tree.resolve(path, self.requester(path))
     }
@@ -553,30 +563,15 @@ impl StorageBackend<DefaultUser> for TreeStorage {
         path: P,
         _start_pos: u64,
     ) -> Result<u64> {
-        self.refused(
-            &ftp_path(path.as_ref()),
-            "STOR",
-            "the provisioning tree is read-only",
-        );
-        Err(Error::from(ErrorKind::PermissionDenied))
+        self.read_only(path.as_ref(), "STOR")
     }
 
     async fn del<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, path: P) -> Result<()> {
-        self.refused(
-            &ftp_path(path.as_ref()),
-            "DELE",
-            "the provisioning tree is read-only",
-        );
-        Err(Error::from(ErrorKind::PermissionDenied))
+        self.read_only(path.as_ref(), "DELE")
     }
 
     async fn mkd<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, path: P) -> Result<()> {
-        self.refused(
-            &ftp_path(path.as_ref()),
-            "MKD",
-            "the provisioning tree is read-only",
-        );
-        Err(Error::from(ErrorKind::PermissionDenied))
+        self.read_only(path.as_ref(), "MKD")
     }
 
     async fn rename<P: AsRef<Path> + Send + Debug>(
@@ -585,21 +580,11 @@ impl StorageBackend<DefaultUser> for TreeStorage {
         from: P,
         _to: P,
     ) -> Result<()> {
-        self.refused(
-            &ftp_path(from.as_ref()),
-            "RNTO",
-            "the provisioning tree is read-only",
-        );
-        Err(Error::from(ErrorKind::PermissionDenied))
+        self.read_only(from.as_ref(), "RNTO")
     }
 
     async fn rmd<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, path: P) -> Result<()> {
-        self.refused(
-            &ftp_path(path.as_ref()),
-            "RMD",
-            "the provisioning tree is read-only",
-        );
-        Err(Error::from(ErrorKind::PermissionDenied))
+        self.read_only(path.as_ref(), "RMD")
     }
 
     async fn cwd<P: AsRef<Path> + Send + Debug>(&self, _user: &DefaultUser, path: P) -> Result<()> {
