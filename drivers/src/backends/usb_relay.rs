@@ -353,22 +353,40 @@ fn parse_params(
     Ok(params)
 }
 
-/// A button whose contacts are bridged by a relay.
-pub struct UsbRelayButton {
+/// One relay channel and its wiring: `inverted` when the contacts are wired
+/// normally-closed, so "active" means the relay is released.
+struct Switched {
     relay: Relay,
     inverted: bool,
 }
+
+impl Switched {
+    fn from_params(
+        capability: Capability,
+        spec: &serde_json::Map<String, serde_json::Value>,
+        transport: Arc<dyn UsbTransport>,
+    ) -> Result<Self, DriverError> {
+        let p = parse_params(capability, spec)?;
+        Ok(Switched {
+            relay: Relay::new(transport, &p.serial, p.relay),
+            inverted: p.inverted,
+        })
+    }
+
+    async fn set_active(&self, active: bool) -> Result<(), DriverError> {
+        self.relay.set(active != self.inverted).await
+    }
+}
+
+/// A button whose contacts are bridged by a relay.
+pub struct UsbRelayButton(Switched);
 
 impl UsbRelayButton {
     pub fn from_params(
         spec: &serde_json::Map<String, serde_json::Value>,
         transport: Arc<dyn UsbTransport>,
     ) -> Result<Self, DriverError> {
-        let p = parse_params(Capability::Button, spec)?;
-        Ok(UsbRelayButton {
-            relay: Relay::new(transport, &p.serial, p.relay),
-            inverted: p.inverted,
-        })
+        Switched::from_params(Capability::Button, spec, transport).map(UsbRelayButton)
     }
 }
 
@@ -378,29 +396,22 @@ impl Button for UsbRelayButton {
         NAME
     }
     async fn press(&self) -> Result<(), DriverError> {
-        self.relay.set(!self.inverted).await
+        self.0.set_active(true).await
     }
     async fn release(&self) -> Result<(), DriverError> {
-        self.relay.set(self.inverted).await
+        self.0.set_active(false).await
     }
 }
 
 /// A power lead switched by a relay.
-pub struct UsbRelayPower {
-    relay: Relay,
-    inverted: bool,
-}
+pub struct UsbRelayPower(Switched);
 
 impl UsbRelayPower {
     pub fn from_params(
         spec: &serde_json::Map<String, serde_json::Value>,
         transport: Arc<dyn UsbTransport>,
     ) -> Result<Self, DriverError> {
-        let p = parse_params(Capability::Power, spec)?;
-        Ok(UsbRelayPower {
-            relay: Relay::new(transport, &p.serial, p.relay),
-            inverted: p.inverted,
-        })
+        Switched::from_params(Capability::Power, spec, transport).map(UsbRelayPower)
     }
 }
 
@@ -410,10 +421,10 @@ impl Power for UsbRelayPower {
         NAME
     }
     async fn on(&self) -> Result<(), DriverError> {
-        self.relay.set(!self.inverted).await
+        self.0.set_active(true).await
     }
     async fn off(&self) -> Result<(), DriverError> {
-        self.relay.set(self.inverted).await
+        self.0.set_active(false).await
     }
 }
 
