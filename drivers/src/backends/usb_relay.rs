@@ -262,11 +262,13 @@ impl Relay {
         })?;
         let mut seen = Vec::new();
         for mut device in devices {
-            let report = read_report(device.as_mut())?;
-            if report.serial == self.serial {
-                return Ok(device);
+            // A board that cannot be read (pulled out while we looked) is
+            // not ours as far as we can tell; it is listed with the reason.
+            match read_report(device.as_mut()) {
+                Ok(report) if report.serial == self.serial => return Ok(device),
+                Ok(report) => seen.push(report.serial),
+                Err(error) => seen.push(format!("unreadable ({error})")),
             }
-            seen.push(report.serial);
         }
         let found = if seen.is_empty() {
             "none".to_owned()
@@ -282,6 +284,23 @@ impl Relay {
     /// Closes (`true`) or opens the relay and checks the board agrees.
     pub fn set_blocking(&self, closed: bool) -> Result<(), DriverError> {
         let mut device = self.open_board()?;
+        self.switch(device.as_mut(), closed)
+            .map_err(|error| self.named(error))
+    }
+
+    /// A board pulled out after it was found: libusb's "no device" names
+    /// only the bus address, so say which board and relay.
+    fn named(&self, error: DriverError) -> DriverError {
+        match error {
+            DriverError::Unavailable(reason) => DriverError::Unavailable(format!(
+                "USB relay board `{}` relay {}: {reason}",
+                self.serial, self.relay
+            )),
+            other => other,
+        }
+    }
+
+    fn switch(&self, device: &mut dyn UsbDevice, closed: bool) -> Result<(), DriverError> {
         let mut report = [0u8; REPORT_LEN];
         report[0] = if closed { CMD_ON } else { CMD_OFF };
         report[1] = self.relay;
@@ -292,7 +311,7 @@ impl Relay {
             0,
             &report,
         )?;
-        let after = read_report(device.as_mut())?;
+        let after = read_report(device)?;
         if after.relay_closed(self.relay) != closed {
             return Err(DriverError::Refused(format!(
                 "USB relay board `{}` did not {} relay {} (state bits {:08b}); does the board have that many relays?",
