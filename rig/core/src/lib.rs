@@ -5,6 +5,7 @@
 pub mod directory;
 pub mod duration;
 pub mod event;
+pub mod flood;
 pub mod mac;
 pub mod netns;
 pub mod placeholder;
@@ -14,6 +15,7 @@ pub mod tree;
 
 pub use directory::{PhoneDirectory, PhoneInfo};
 pub use event::{Event, Source};
+pub use flood::{FloodGuard, FloodLimits, FloodReport};
 pub use mac::Mac;
 pub use placeholder::{Placeholders, RigEndpoints};
 pub use service::{RunningService, ServiceContext};

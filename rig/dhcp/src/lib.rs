@@ -17,7 +17,6 @@ use anyhow::Context;
 use phonerig_core::event::NewEvent;
 use phonerig_core::{Mac, RunningService, ServiceContext, Source};
 
-pub mod flood;
 pub mod leases;
 pub mod options;
 pub mod probe;

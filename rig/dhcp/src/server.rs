@@ -18,12 +18,12 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::net::UdpSocket;
 
-use crate::flood::{Admission, FloodGuard};
 use crate::leases::LeaseTable;
 use crate::options::{self, Encoded, OptionPlan};
 use crate::settings::Settings;
 use crate::wire;
 use crate::{DhcpConfig, ReplyMode};
+use phonerig_core::flood::{FloodGuard, FloodLimits, REPORT_INTERVAL};
 
 /// Some phone firmwares drop replies shorter than a BOOTP message (300 bytes).
 const MIN_REPLY_LEN: usize = 300;
@@ -185,11 +185,16 @@ impl Server {
             nak: settings.nak,
             plan,
             leases: LeaseTable::new(config.pool_start, config.pool_end, server_ip, &config.fixed),
-            guard: FloodGuard::new(Instant::now()),
+            guard: FloodGuard::new(FloodLimits::BOOT_STORM, Instant::now()),
         }
     }
 
-    fn malformed(&self, peer: SocketAddr, len: usize, error: impl ToString) {
+    /// `dhcp.malformed` for the first few from a source; the rest are
+    /// counted for the next `dhcp.flood`.
+    fn malformed(&mut self, peer: SocketAddr, len: usize, error: impl ToString, now: Instant) {
+        if !self.guard.show_malformed(now, peer.ip()) {
+            return;
+        }
         self.timeline.publish(
             NewEvent::new(Source::Dhcp, "dhcp.malformed")
                 .field("peer", peer.to_string())
@@ -200,22 +205,18 @@ impl Server {
 
     /// Handles one datagram; returns the reply to send, if any.
     pub fn handle(&mut self, packet: &[u8], peer: SocketAddr, now: Instant) -> Option<Outgoing> {
-        match self.guard.admit(now) {
-            Admission::Drop => return None,
-            Admission::HandleAfterFlood { dropped } => {
-                self.timeline
-                    .publish(NewEvent::new(Source::Dhcp, "dhcp.flood").field("dropped", dropped));
-            }
-            Admission::Handle => {}
+        self.report_flood(now);
+        if !self.guard.admit(now, peer.ip()) {
+            return None;
         }
         if packet.first() == Some(&2) {
-            self.foreign_reply(packet, peer);
+            self.foreign_reply(packet, peer, now);
             return None;
         }
         let request = match self.parse(packet, peer) {
             Ok(request) => request,
             Err(error) => {
-                self.malformed(peer, packet.len(), error);
+                self.malformed(peer, packet.len(), error, now);
                 return None;
             }
         };
@@ -253,14 +254,18 @@ impl Server {
         if packet.first() != Some(&2) {
             return;
         }
-        match self.guard.admit(now) {
-            Admission::Drop => {}
-            Admission::HandleAfterFlood { dropped } => {
-                self.timeline
-                    .publish(NewEvent::new(Source::Dhcp, "dhcp.flood").field("dropped", dropped));
-                self.foreign_reply(packet, peer);
-            }
-            Admission::Handle => self.foreign_reply(packet, peer),
+        self.report_flood(now);
+        if self.guard.admit(now, peer.ip()) {
+            self.foreign_reply(packet, peer, now);
+        }
+    }
+
+    /// `dhcp.flood` for what the guard dropped or did not show, at most
+    /// once per report interval (called per datagram and on a timer).
+    pub fn report_flood(&mut self, now: Instant) {
+        if let Some(report) = self.guard.take_report(now) {
+            self.timeline
+                .publish(report.event(Source::Dhcp, "dhcp.flood"));
         }
     }
 
@@ -353,13 +358,13 @@ impl Server {
         );
     }
 
-    fn foreign_reply(&self, packet: &[u8], peer: SocketAddr) {
+    fn foreign_reply(&mut self, packet: &[u8], peer: SocketAddr, now: Instant) {
         let message = match wire::check_header(packet, false)
             .map_err(|e| e.to_string())
             .and_then(|_| Message::from_bytes(packet).map_err(|e| e.to_string()))
         {
             Ok(message) => message,
-            Err(error) => return self.malformed(peer, packet.len(), error),
+            Err(error) => return self.malformed(peer, packet.len(), error, now),
         };
         let server_id = match message.opts().get(OptionCode::ServerIdentifier) {
             Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
@@ -619,10 +624,9 @@ impl Server {
 
     /// Called once the loop ends: a flood still being dropped is reported.
     pub fn finish(&mut self) {
-        let dropped = self.guard.take_dropped();
-        if dropped > 0 {
+        if let Some(report) = self.guard.finish() {
             self.timeline
-                .publish(NewEvent::new(Source::Dhcp, "dhcp.flood").field("dropped", dropped));
+                .publish(report.event(Source::Dhcp, "dhcp.flood"));
         }
     }
 }
@@ -650,9 +654,15 @@ pub(crate) async fn run(
         .unwrap_or_default();
     let mut buffer = vec![0u8; 4096];
     let mut watch_buffer = vec![0u8; 4096];
+    // A flood that stopped is still reported without waiting for the next datagram.
+    let mut report_tick = tokio::time::interval(REPORT_INTERVAL);
     loop {
         let received = tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
+            _ = report_tick.tick() => {
+                server.report_flood(Instant::now());
+                continue;
+            }
             received = socket.recv_from(&mut buffer) => received,
             watched = recv_watch(&watcher, &mut watch_buffer) => {
                 if let Ok((len, peer)) = watched {
@@ -696,7 +706,7 @@ pub(crate) async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flood::BURST;
+    use phonerig_core::flood::MALFORMED_SHOWN_PER_SOURCE;
     use phonerig_core::ProvisioningTree;
     use tokio_util::sync::CancellationToken;
 
@@ -749,31 +759,36 @@ mod tests {
         let mut server = server();
         let now = Instant::now();
         let garbage = [0u8; 10];
-        let total = BURST as usize + 50;
-        for _ in 0..total {
+        let burst = FloodLimits::BOOT_STORM.burst as usize;
+        for _ in 0..burst + 50 {
             server.handle(&garbage, peer(), now);
         }
         assert_eq!(
             kinds(&server, "dhcp.malformed").len(),
-            BURST as usize,
-            "only the burst is handled"
+            MALFORMED_SHOWN_PER_SOURCE as usize,
+            "the first few are shown, the rest of the burst counted"
         );
         assert!(
             kinds(&server, "dhcp.flood").is_empty(),
-            "reported when it subsides, not per packet"
+            "reported per interval, not per packet"
         );
-        let reply = server.handle(&discover(1), peer(), now + Duration::from_secs(1));
+        let reply = server.handle(&discover(1), peer(), now + REPORT_INTERVAL);
         assert!(reply.is_some(), "served again once the flood subsides");
         let flood = kinds(&server, "dhcp.flood");
         assert_eq!(flood.len(), 1);
         assert_eq!(flood[0].field_u64("dropped"), Some(50));
+        assert_eq!(
+            flood[0].field_u64("malformed"),
+            Some((burst - MALFORMED_SHOWN_PER_SOURCE as usize) as u64)
+        );
+        assert_eq!(flood[0].fields["sources"][0]["ip"], "127.0.0.2");
     }
 
     #[test]
     fn a_flood_still_going_at_shutdown_is_reported() {
         let mut server = server();
         let now = Instant::now();
-        for _ in 0..(BURST as usize + 3) {
+        for _ in 0..(FloodLimits::BOOT_STORM.burst as usize + 3) {
             server.handle(&[1u8], peer(), now);
         }
         server.finish();
