@@ -101,7 +101,11 @@ impl UsbDevice for OpenedBoard {
 struct Bus(Arc<Board>);
 
 impl UsbTransport for Bus {
-    fn open_all(&self, _vendor: u16, _product: u16) -> Result<Vec<Box<dyn UsbDevice>>, DriverError> {
+    fn open_all(
+        &self,
+        _vendor: u16,
+        _product: u16,
+    ) -> Result<Vec<Box<dyn UsbDevice>>, DriverError> {
         // A board that left the bus is simply not enumerated.
         Ok(if self.0.plugged.load(Ordering::SeqCst) {
             vec![Box::new(OpenedBoard(self.0.clone()))]
@@ -154,7 +158,9 @@ async fn a_relay_board_pulled_from_the_bus_fails_each_call_with_an_event_until_i
     let error = driven.power.off().await.unwrap_err();
     let text = error.to_string();
     assert!(
-        text.contains("no such board") && text.contains(SERIAL) && text.contains("boards found: none"),
+        text.contains("no such board")
+            && text.contains(SERIAL)
+            && text.contains("boards found: none"),
         "{text}"
     );
     let event = last(&timeline, "power.off");

@@ -111,6 +111,9 @@ impl Runner<'_> {
     }
 
     pub async fn run(&self, plan: &RunPlan) -> Vec<CaseResult> {
+        // A panic in any task during the run is a `task.panicked` event, which
+        // ends the case it happens in (see `run_case`).
+        let _panics = phonerig_core::service::PanicWatch::start(self.timeline());
         let mut cases = Vec::new();
         for scenario in plan.scenarios.iter().filter(|s| s.matches_tag(&plan.tags)) {
             for phone in select_phones(self.bench.lab(), scenario, &plan.phones) {
@@ -188,6 +191,7 @@ impl Runner<'_> {
                         Err(_) => (Verdict::Fail, Some(format!("the case ran out of its {} timeout", phonerig_core::duration::format(scenario.timeout())))),
                     },
                     _ = self.cancel.cancelled() => (Verdict::Aborted, Some("interrupted (Ctrl-C or SIGTERM)".to_owned())),
+                    panicked = panic_during(self.timeline(), start.seq) => (Verdict::Error, Some(describe_panic(&panicked))),
                 };
                 services.stop(self.timeline()).await;
                 outcome
@@ -498,6 +502,33 @@ impl Runner<'_> {
         }
         services.sip_action(step, phone, placeholders).await
     }
+}
+
+/// The first panic published after `since`: a service task or any other task
+/// of the rig died, so what the case observes from then on cannot be trusted.
+async fn panic_during(timeline: &Timeline, since: u64) -> Arc<Event> {
+    let mut reader = timeline.reader_from(since + 1);
+    while let Some(event) = reader.next().await {
+        if event.source == Source::Rig
+            && matches!(event.kind.as_str(), "task.panicked" | "service.panicked")
+        {
+            return event;
+        }
+    }
+    std::future::pending().await
+}
+
+fn describe_panic(event: &Event) -> String {
+    let what = event
+        .field_str("message")
+        .or_else(|| event.field_str("error"))
+        .unwrap_or("no message");
+    let place = match (event.field_str("service"), event.field_str("location")) {
+        (Some(service), _) => format!("the {service} service"),
+        (None, Some(location)) => format!("a rig task at {location}"),
+        (None, None) => "a rig task".to_owned(),
+    };
+    format!("{place} panicked: {what}; the case was stopped and its services shut down")
 }
 
 fn list_nearest(events: &[Arc<Event>]) -> String {

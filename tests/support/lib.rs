@@ -24,6 +24,56 @@ pub fn loopback_lab(octet: u8) -> String {
         )
 }
 
+/// [`loopback_lab`] on a slice of the octet, so several tests of one file run
+/// in parallel: the bench on `127.<octet>.<2·slice>.1`, the pool on
+/// `127.<octet>.<2·slice+1>.10`–`.250`.
+pub fn loopback_lab_slice(octet: u8, slice: u8) -> String {
+    assert!(slice < 128, "slice {slice} leaves the octet");
+    let (bench, pool) = (2 * slice, 2 * slice + 1);
+    loopback_lab(octet)
+        .replace(
+            &format!("ip = \"127.{octet}.0.1\""),
+            &format!("ip = \"127.{octet}.{bench}.1\""),
+        )
+        .replace(
+            &format!("\"127.{octet}.1.10\""),
+            &format!("\"127.{octet}.{pool}.10\""),
+        )
+        .replace(
+            &format!("\"127.{octet}.1.250\""),
+            &format!("\"127.{octet}.{pool}.250\""),
+        )
+        .replace(
+            &format!("name = \"virtual-loopback-{octet}\""),
+            &format!("name = \"virtual-loopback-{octet}-{slice}\""),
+        )
+}
+
+/// Waits until the newest run folder under `runs` has an `events.jsonl` line
+/// containing `needle`; panics after `within`.
+pub fn wait_for_event_text(runs: &Path, needle: &str, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let newest = std::fs::read_dir(runs).ok().and_then(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .max()
+                .map(|dir| dir.join("events.jsonl"))
+        });
+        if newest
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .is_some_and(|text| text.contains(needle))
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `{needle}` in events.jsonl within {within:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A temporary folder with `lab.toml` written in it.
 pub struct Workspace {
     pub dir: tempfile::TempDir,

@@ -196,7 +196,10 @@ mod tests {
                 .is_some_and(|l| l.contains("service.rs")),
             "{panicked:?}"
         );
-        assert!(!timeline.snapshot().iter().any(|e| e.kind == "service.panicked"));
+        assert!(!timeline
+            .snapshot()
+            .iter()
+            .any(|e| e.kind == "service.panicked"));
         service.join(&timeline).await;
         next_event(&mut reader, "service.panicked", "service", "probe").await;
         drop(watch);
@@ -219,7 +222,10 @@ mod tests {
             "after the first watch ended",
         )
         .await;
-        assert!(!timeline.snapshot().iter().any(|e| e.kind == "task.panicked"));
+        assert!(!timeline
+            .snapshot()
+            .iter()
+            .any(|e| e.kind == "task.panicked"));
         drop(watch);
     }
 }

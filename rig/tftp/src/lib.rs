@@ -21,11 +21,12 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use phonerig_core::duration::HumanDuration;
 use phonerig_core::event::NewEvent;
+use phonerig_core::flood::{FloodGuard, FloodLimits, FloodReport, REPORT_INTERVAL};
 use phonerig_core::{
     PhoneDirectory, Placeholders, ProvisioningTree, RunningService, ServiceContext, Source,
     Timeline,
@@ -57,6 +58,9 @@ pub struct TftpConfig {
     pub retries: u32,
     /// Create the sockets inside this network namespace.
     pub netns: Option<String>,
+    /// Budget of datagrams on the request port; the excess is dropped and
+    /// reported as `tftp.flood`.
+    pub flood: FloodLimits,
 }
 
 impl Default for TftpConfig {
@@ -67,6 +71,7 @@ impl Default for TftpConfig {
             max_blksize: MAX_BLKSIZE,
             retries: 5,
             netns: None,
+            flood: FloodLimits::BOOT_STORM,
         }
     }
 }
@@ -121,6 +126,10 @@ pub async fn start(
         config.max_transfers > 0,
         "tftp max_transfers must be at least 1"
     );
+    config
+        .flood
+        .check()
+        .map_err(|e| anyhow::anyhow!("tftp {e}"))?;
     anyhow::ensure!(
         config.max_blksize >= packet::MIN_BLKSIZE,
         "tftp max_blksize must be at least {}",
@@ -160,6 +169,7 @@ pub async fn start(
         slots: Arc::new(Semaphore::new(config.max_transfers)),
         max_transfers: config.max_transfers,
         active: Arc::new(Mutex::new(HashSet::new())),
+        guard: Mutex::new(FloodGuard::new(config.flood, Instant::now())),
         tasks: TaskTracker::new(),
     };
     let task = tokio::spawn(listener.run(local));
@@ -180,6 +190,9 @@ struct Listener {
     /// so a client resending its RRQ while we wait out a `delay` does not
     /// start a second transfer.
     active: Arc<Mutex<HashSet<SocketAddr>>>,
+    /// Bounds the datagrams handled and the `tftp.malformed` events published;
+    /// locked only briefly, never across an await.
+    guard: Mutex<FloodGuard>,
     tasks: TaskTracker,
 }
 
@@ -208,16 +221,27 @@ impl Drop for ActiveTransfer {
 impl Listener {
     async fn run(self, local: SocketAddr) {
         let mut buffer = vec![0u8; RECV_BUFFER];
+        // A flood that stopped is still reported without waiting for the next datagram.
+        let mut report_tick = tokio::time::interval(REPORT_INTERVAL);
         loop {
             let received = tokio::select! {
                 _ = self.shared.shutdown.cancelled() => break,
+                _ = report_tick.tick() => {
+                    self.report_flood(|guard| guard.take_report(Instant::now()));
+                    continue;
+                }
                 received = self.socket.recv_from(&mut buffer) => received,
             };
             match received {
-                Ok((len, peer)) => self.on_datagram(&buffer[..len], peer).await,
+                Ok((len, peer)) => {
+                    if self.admit_datagram(peer) {
+                        self.on_datagram(&buffer[..len], peer).await;
+                    }
+                }
                 Err(error) => tracing::debug!(%error, "receive error on the TFTP request port"),
             }
         }
+        self.report_flood(FloodGuard::finish);
         drop(self.socket);
         self.tasks.close();
         self.tasks.wait().await;
@@ -238,7 +262,33 @@ impl Listener {
         }
     }
 
+    fn guard(&self) -> std::sync::MutexGuard<'_, FloodGuard> {
+        self.guard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the request port handles this datagram (the flood guard's
+    /// budget); a due `tftp.flood` report is published on the way.
+    fn admit_datagram(&self, peer: SocketAddr) -> bool {
+        let now = Instant::now();
+        self.report_flood(|guard| guard.take_report(now));
+        self.guard().admit(now, peer.ip())
+    }
+
+    fn report_flood(&self, take: impl FnOnce(&mut FloodGuard) -> Option<FloodReport>) {
+        let report = take(&mut self.guard());
+        if let Some(report) = report {
+            self.shared
+                .timeline
+                .publish(report.event(Source::Tftp, "tftp.flood"));
+        }
+    }
+
+    /// `tftp.malformed` for the first few from a source; the rest are
+    /// counted for the next `tftp.flood`.
     fn malformed(&self, peer: SocketAddr, error: &str) {
+        if !self.guard().show_malformed(Instant::now(), peer.ip()) {
+            return;
+        }
         self.shared.timeline.publish(
             NewEvent::new(Source::Tftp, "tftp.malformed")
                 .field("peer", peer.to_string())
