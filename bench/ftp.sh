@@ -7,8 +7,8 @@ source "$(dirname "$0")/lib.sh"
 
 COUNT=${COUNT:-500}
 PARALLEL=${PARALLEL:-8}
-RIG_IP=127.143.0.1
-REF_IP=127.143.0.2
+RIG_IP=127.175.0.1
+REF_IP=127.175.0.2
 PORT=12123
 
 need_packages curl:curl vsftpd:vsftpd
@@ -48,7 +48,10 @@ pasv_min_port=31100
 pasv_max_port=31999
 pasv_address=$REF_IP
 secure_chroot_dir=$WORK/empty
-ftp_username=nobody
+# The anonymous user must have a home that exists: vsftpd changes into it
+# before anon_root (with `nobody`, home /nonexistent, every login got
+# "500 OOPS: cannot change directory"). Debian's vsftpd creates `ftp` (/srv/ftp).
+ftp_username=ftp
 xferlog_enable=YES
 vsftpd_log_file=$WORK/vsftpd.log
 max_clients=0
@@ -62,7 +65,8 @@ retr_rate() {
     for i in $(seq "$COUNT"); do urls+=("ftp://$1:$PORT/cfg001fc1fe0001.xml" -o /dev/null); done
     s=$(date +%s.%N)
     for i in $(seq "$2"); do
-        timeout 120 curl -s --ftp-pasv "${urls[@]}" -w '%{http_code}\n' >"$WORK/codes.$i" &
+        # Line-buffered: a curl ended by the timeout still leaves the codes of what it fetched.
+        timeout 120 stdbuf -oL curl -s --ftp-pasv "${urls[@]}" -w '%{http_code}\n' >"$WORK/codes.$i" &
     done
     wait
     e=$(date +%s.%N)
