@@ -202,7 +202,6 @@ fn a_virtual_phone_whose_control_socket_is_gone_fails_its_step_and_the_run_goes_
 }
 
 #[test]
-#[ignore = "open defect: the serial console does not notice its pty master closing (no console.lost, a later send reports ok); see docs/safety.md Run integrity"]
 fn a_serial_console_unplugged_mid_run_is_an_event_and_a_clear_step_failure() {
     // A pseudo-terminal stands in for the USB serial adapter: the rig opens
     // its slave; closing the master is the cable pulled.

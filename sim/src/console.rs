@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
 
 pub struct Console {
@@ -31,6 +31,14 @@ fn nonblocking(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// openpty does not set close-on-exec: without it every program the process
+/// starts keeps the pty open, and closing the console (the cable pulled)
+/// would go unnoticed by whoever reads the other end.
+fn close_on_exec(fd: &OwnedFd) -> io::Result<()> {
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(())
+}
+
 impl Console {
     pub fn open() -> io::Result<Console> {
         let pty = nix::pty::openpty(None, None)?;
@@ -40,6 +48,8 @@ impl Console {
         tcsetattr(&pty.slave, SetArg::TCSANOW, &termios)?;
         nonblocking(&pty.master)?;
         nonblocking(&pty.slave)?;
+        close_on_exec(&pty.master)?;
+        close_on_exec(&pty.slave)?;
         let path = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd()))?;
         Ok(Console {
             master: pty.master,
