@@ -16,6 +16,10 @@ seconds="${SECONDS_PER_TARGET:-60}"
 export RUSTC_BOOTSTRAP=1
 # Its own target folder: the fuzz build's flags differ from the workspace's.
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$(pwd)/target}"
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "cargo-fuzz is missing: cargo install cargo-fuzz --locked" >&2
+    exit 2
+fi
 targets="$*"
 if [ -z "$targets" ]; then
     targets=$(cargo fuzz list)
