@@ -17,7 +17,7 @@ use crate::call::Calls;
 use crate::message::{response_to, user_of, Builder, SipMsg, Transport};
 use crate::registrar::Registrar;
 use crate::rtp::PortPool;
-use crate::transport::{Received, SipTransport, StreamTrouble};
+use crate::transport::{Bounds, Received, SipTransport, StreamTrouble};
 use crate::{AnswerPolicy, Registration, Settings, SipConfig};
 
 /// A request the rig has seen, keyed as RFC 3261 §17.2.3 matches server transactions.
@@ -68,14 +68,31 @@ impl Core {
         settings: Settings,
     ) -> anyhow::Result<Arc<Core>> {
         let algorithm = settings.auth_algorithm()?;
+        config
+            .flood
+            .check()
+            .map_err(|e| anyhow::anyhow!("sip {e}"))?;
+        anyhow::ensure!(
+            config.max_connections > 0,
+            "sip max_connections must be at least 1"
+        );
         let bind = SocketAddr::new(ctx.bind_ip, config.port);
         let tls = match &config.tls {
             Some(tls) => Some((tls.port, crate::tls::acceptor(tls)?)),
             None => None,
         };
         let tls_port = config.tls.as_ref().map(|t| t.port);
-        let (transport, addrs, received, trouble) =
-            SipTransport::bind(bind, config.tcp, tls, ctx.shutdown.child_token()).await?;
+        let (transport, addrs, received, trouble) = SipTransport::bind(
+            bind,
+            config.tcp,
+            tls,
+            Bounds {
+                flood: config.flood,
+                max_connections: config.max_connections,
+            },
+            ctx.shutdown.child_token(),
+        )
+        .await?;
         let domain = config
             .domain
             .clone()
@@ -114,7 +131,12 @@ impl Core {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = housekeeping.tick() => crate::registrar::publish_expired(&self),
+                _ = housekeeping.tick() => {
+                    crate::registrar::publish_expired(&self);
+                    if let Some(report) = self.transport.take_flood_report() {
+                        self.ctx.timeline.publish(report.event(Source::Sip, "sip.flood"));
+                    }
+                }
                 Some(trouble) = trouble.recv() => match trouble {
                     StreamTrouble::Framing { peer, transport, error } => self.malformed(peer, transport, 0, &error.to_string()),
                     StreamTrouble::Handshake { peer, error } => self.malformed(peer, Transport::Tls, 0, &format!("TLS handshake: {error}")),
@@ -126,6 +148,11 @@ impl Core {
             }
         }
         self.transport.close().await;
+        if let Some(report) = self.transport.finish_flood_report() {
+            self.ctx
+                .timeline
+                .publish(report.event(Source::Sip, "sip.flood"));
+        }
         self.calls.clear();
         self.ctx
             .timeline
@@ -198,7 +225,12 @@ impl Core {
         };
     }
 
+    /// `sip.malformed` for the first few from a source; the rest are
+    /// counted for the next `sip.flood`.
     fn malformed(&self, peer: SocketAddr, transport: Transport, len: usize, error: &str) {
+        if !self.transport.show_malformed(peer) {
+            return;
+        }
         let phone = self.ctx.directory.by_ip(peer.ip()).map(|p| p.name.clone());
         self.ctx.timeline.publish(
             NewEvent::new(Source::Sip, "sip.malformed")

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use phonerig_core::duration::HumanDuration;
+use phonerig_core::flood::FloodLimits;
 use phonerig_core::{PhoneInfo, RunningService, ServiceContext};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,11 @@ pub mod user_agent;
 pub use message::Transport;
 pub use rtp::Audio;
 
+/// TCP/TLS connections open at once by default: one per phone of a
+/// 10 000-phone bench registering over TCP, with room to spare. An idle
+/// connection costs two small tasks and its read buffer.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 12_000;
+
 /// Lab-level facts about the SIP endpoint.
 #[derive(Debug, Clone)]
 pub struct SipConfig {
@@ -49,6 +55,12 @@ pub struct SipConfig {
     pub timers: Timers,
     /// SIP over TLS on a second port (usually 5061); off when absent.
     pub tls: Option<SipTls>,
+    /// Budget of UDP datagrams and TCP/TLS connection attempts; the excess
+    /// is dropped and reported as `sip.flood` (see `docs/sip.md`).
+    pub flood: FloodLimits,
+    /// TCP and TLS connections open at once; further ones are closed at
+    /// accept and counted in `sip.flood`.
+    pub max_connections: usize,
 }
 
 /// The TLS listener: port and the certificate it presents (PEM). The lab can
@@ -72,6 +84,8 @@ impl Default for SipConfig {
             max_calls: 16,
             timers: Timers::default(),
             tls: None,
+            flood: FloodLimits::BOOT_STORM,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }

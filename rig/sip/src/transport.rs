@@ -2,10 +2,19 @@
 //! the TCP connections phones opened (reused to reach them, RFC 3261 §18.2.2)
 //! or the rig opened. Everything received goes into one channel as raw bytes;
 //! parsing is the endpoint's business so malformed input can be recorded.
+//!
+//! A flood guard sits in front of everything: UDP datagrams and TCP/TLS
+//! connection attempts over its budget are dropped before any copy or
+//! parse, and at most `max_connections` connections are open at once, so a
+//! flood costs a counter, not memory or the dispatcher's time.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use phonerig_core::flood::{FloodGuard, FloodLimits, FloodReport};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
@@ -90,6 +99,22 @@ pub enum StreamTrouble {
     },
 }
 
+/// Counts a TLS handshake under way for as long as it lives.
+struct Handshaking(Arc<AtomicUsize>);
+
+impl Handshaking {
+    fn start(count: &Arc<AtomicUsize>) -> Handshaking {
+        count.fetch_add(1, Ordering::Relaxed);
+        Handshaking(count.clone())
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A TLS client that has not finished its handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -109,6 +134,20 @@ struct TransportInner {
     shutdown: CancellationToken,
     /// Every reader/writer task, so closing can wait until the sockets are gone.
     tasks: TaskTracker,
+    /// Budget of datagrams and connection attempts, and of `sip.malformed`
+    /// events; locked briefly, never across an await.
+    guard: Mutex<FloodGuard>,
+    /// Accepted TCP/TLS connections (open or in their TLS handshake) at most.
+    max_connections: usize,
+    /// TLS handshakes under way (their connections are not in `connections` yet).
+    handshakes: Arc<AtomicUsize>,
+}
+
+/// How much the transport takes in before it drops.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub flood: FloodLimits,
+    pub max_connections: usize,
 }
 
 impl SipTransport {
@@ -117,6 +156,7 @@ impl SipTransport {
         addr: SocketAddr,
         tcp: bool,
         tls: Option<(u16, TlsAcceptor)>,
+        bounds: Bounds,
         shutdown: CancellationToken,
     ) -> anyhow::Result<(
         SipTransport,
@@ -161,6 +201,9 @@ impl SipTransport {
                 trouble: trouble_tx,
                 shutdown,
                 tasks: TaskTracker::new(),
+                guard: Mutex::new(FloodGuard::new(bounds.flood, Instant::now())),
+                max_connections: bounds.max_connections,
+                handshakes: Arc::new(AtomicUsize::new(0)),
             }),
         };
         transport.inner.tasks.spawn(transport.clone().udp_loop());
@@ -209,6 +252,44 @@ impl SipTransport {
         self.inner.local
     }
 
+    fn guard(&self) -> MutexGuard<'_, FloodGuard> {
+        self.inner.guard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether to publish `sip.malformed` for input from `peer` (the first
+    /// few per source and interval); the rest are counted for `sip.flood`.
+    pub fn show_malformed(&self, peer: SocketAddr) -> bool {
+        self.guard().show_malformed(Instant::now(), peer.ip())
+    }
+
+    /// What the flood guard dropped or did not show, once its interval is over.
+    pub fn take_flood_report(&self) -> Option<FloodReport> {
+        self.guard().take_report(Instant::now())
+    }
+
+    /// Everything the flood guard counted and has not reported (at stop).
+    pub fn finish_flood_report(&self) -> Option<FloodReport> {
+        self.guard().finish()
+    }
+
+    /// Whether an accepted connection from `peer` may stay: within the
+    /// connection budget and below `max_connections` open at once.
+    fn admit_connection(&self, peer: SocketAddr) -> bool {
+        let open = self
+            .inner
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+            + self.inner.handshakes.load(Ordering::Relaxed);
+        let mut guard = self.guard();
+        if open >= self.inner.max_connections {
+            guard.count_dropped(peer.ip());
+            return false;
+        }
+        guard.admit(Instant::now(), peer.ip())
+    }
+
     async fn udp_loop(self) {
         let Some(udp) = self.udp() else { return };
         let mut buf = vec![0u8; MAX_MESSAGE];
@@ -217,6 +298,10 @@ impl SipTransport {
                 _ = self.inner.shutdown.cancelled() => return,
                 received = udp.recv_from(&mut buf) => {
                     let Ok((len, peer)) = received else { continue };
+                    // Over budget: dropped before it is copied, parsed or recorded.
+                    if !self.guard().admit(Instant::now(), peer.ip()) {
+                        continue;
+                    }
                     // CRLF keep-alives (RFC 5626 §3.5.1) are not messages.
                     if buf[..len].iter().all(|b| b.is_ascii_whitespace()) {
                         continue;
@@ -232,8 +317,11 @@ impl SipTransport {
             tokio::select! {
                 _ = self.inner.shutdown.cancelled() => return,
                 accepted = listener.accept() => {
+                    // Refused connections are closed at once (the stream is dropped).
                     if let Ok((stream, peer)) = accepted {
-                        self.adopt(stream, peer, Transport::Tcp);
+                        if self.admit_connection(peer) {
+                            self.adopt(stream, peer, Transport::Tcp);
+                        }
                     }
                 }
             }
@@ -251,9 +339,14 @@ impl SipTransport {
             let Ok((stream, peer)) = accepted else {
                 continue;
             };
+            if !self.admit_connection(peer) {
+                continue;
+            }
             let this = self.clone();
             let acceptor = acceptor.clone();
+            let handshaking = Handshaking::start(&self.inner.handshakes);
             self.inner.tasks.spawn(async move {
+                let _handshaking = handshaking;
                 let handshake =
                     tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
                 let result = tokio::select! {
