@@ -50,6 +50,7 @@ pub fn config(timers: Timers) -> SipConfig {
         max_calls: 4,
         timers,
         tls: None,
+        ..SipConfig::default()
     }
 }
 
