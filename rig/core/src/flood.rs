@@ -65,7 +65,7 @@ impl Default for FloodLimits {
 /// budgets start afresh with each interval.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// Malformed datagrams from one source shown one by one per interval.
-pub const MALFORMED_SHOWN_PER_SOURCE: u32 = 5;
+pub const MALFORMED_SHOWN_PER_SOURCE: u32 = 10;
 /// Malformed datagrams shown one by one per interval, all sources together
 /// (so a flood from many addresses is bounded too).
 pub const MALFORMED_SHOWN_PER_INTERVAL: u32 = 20;
@@ -331,8 +331,8 @@ mod tests {
     #[rstest]
     // (malformed datagrams per source, sources, shown one by one, counted)
     #[case::one_bad_packet_is_shown(1, 1, 1, 0)]
-    #[case::a_few_per_source_are_shown(5, 1, 5, 0)]
-    #[case::more_from_one_source_are_counted(1000, 1, 5, 995)]
+    #[case::a_few_per_source_are_shown(10, 1, 10, 0)]
+    #[case::more_from_one_source_are_counted(1000, 1, 10, 990)]
     #[case::many_sources_share_the_interval_budget(3, 10, 20, 10)]
     fn malformed_events_are_bounded_per_source_and_interval(
         #[case] per_source: u32,
