@@ -22,10 +22,18 @@ struct Inner {
     started: Instant,
     started_wall: OffsetDateTime,
     /// Serialises stamping and writing so `seq` order, time order and file order agree.
-    writer: Mutex<Option<File>>,
+    writer: Mutex<Writer>,
     path: Option<PathBuf>,
     history: RwLock<Vec<Arc<Event>>>,
     count: watch::Sender<u64>,
+}
+
+/// The publishing side, behind one lock: the file, the next `seq`, and a
+/// line buffer reused from event to event (no allocation per line).
+struct Writer {
+    file: Option<File>,
+    next_seq: u64,
+    line: Vec<u8>,
 }
 
 /// Cheap to clone; every clone publishes to the same stream.
@@ -68,7 +76,11 @@ impl Timeline {
             inner: Arc::new(Inner {
                 started: Instant::now(),
                 started_wall: OffsetDateTime::now_utc(),
-                writer: Mutex::new(file),
+                writer: Mutex::new(Writer {
+                    file,
+                    next_seq: 0,
+                    line: Vec::new(),
+                }),
                 path,
                 history: RwLock::new(Vec::new()),
                 count,
@@ -90,13 +102,12 @@ impl Timeline {
     }
 
     pub fn publish(&self, event: NewEvent) -> Arc<Event> {
-        let mut writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let mut history = self
-            .inner
-            .history
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        let seq = history.len() as u64;
+        // The writer lock orders stamping, the file and the history; the
+        // history's own lock is taken only to push, so subscribers reading
+        // it never wait for a serialisation or a write to the file.
+        let mut guard = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let writer = &mut *guard;
+        let seq = writer.next_seq;
         let t_us = self.now_us();
         let wall = self.inner.started_wall + time::Duration::microseconds(t_us as i64);
         let stamped = Arc::new(Event {
@@ -108,16 +119,27 @@ impl Timeline {
             kind: event.kind,
             fields: event.fields,
         });
-        if let Some(file) = writer.as_mut() {
-            let mut line = serde_json::to_vec(&*stamped).unwrap_or_default();
-            line.push(b'\n');
-            if let Err(error) = file.write_all(&line) {
-                tracing::error!(%error, "cannot append to events.jsonl");
+        if let Some(file) = writer.file.as_mut() {
+            // One `write` call per whole line, so `kill -9` leaves whole lines only.
+            writer.line.clear();
+            if serde_json::to_writer(&mut writer.line, &*stamped).is_ok() {
+                writer.line.push(b'\n');
+                if let Err(error) = file.write_all(&writer.line) {
+                    tracing::error!(%error, "cannot append to events.jsonl");
+                }
+            }
+            // A rare huge event must not pin its buffer for the rest of the run.
+            if writer.line.capacity() > 64 * 1024 {
+                writer.line = Vec::new();
             }
         }
-        history.push(stamped.clone());
-        drop(history);
-        drop(writer);
+        self.inner
+            .history
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(stamped.clone());
+        writer.next_seq = seq + 1;
+        drop(guard);
         self.inner.count.send_replace(seq + 1);
         stamped
     }
