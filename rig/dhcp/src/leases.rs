@@ -52,6 +52,15 @@ pub struct LeaseTable {
     leases: HashMap<Mac, Lease>,
     holder: HashMap<Ipv4Addr, Mac>,
     declined: HashSet<Ipv4Addr>,
+    /// Where the lowest-free scan starts: every pool address below it was
+    /// unavailable to a new client when last looked at (held, declined,
+    /// fixed for another phone, the server's own). Without it each DISCOVER
+    /// of a new client walked the pool from its start — a boot storm of N
+    /// phones cost N²/2 checks. Lowered whenever an address below it is let go.
+    scan_from: u64,
+    /// The earliest expiry of a lease on an address below `scan_from`: from
+    /// then on one of them may be free again, and the scan restarts at the pool's start.
+    scan_valid_until: Option<Instant>,
 }
 
 impl LeaseTable {
@@ -70,6 +79,8 @@ impl LeaseTable {
             leases: HashMap::new(),
             holder: HashMap::new(),
             declined: HashSet::new(),
+            scan_from: u64::from(u32::from(pool_start)),
+            scan_valid_until: None,
         }
     }
 
@@ -124,10 +135,16 @@ impl LeaseTable {
     }
 
     fn assign(&mut self, mac: Mac, ip: Ipv4Addr, state: LeaseState, expires: Instant) {
-        if let Some(previous) = self.leases.get(&mac) {
+        if let Some(previous) = self.leases.get(&mac).copied() {
             if previous.ip != ip {
                 self.holder.remove(&previous.ip);
+                self.let_go(previous.ip);
             }
+        }
+        if u64::from(u32::from(ip)) < self.scan_from {
+            // A lease below the scan mark (a renewal, perhaps shorter than
+            // the offer before it) bounds how long the mark stays true.
+            self.note_expiry_below_mark(expires);
         }
         // An expired lease of another MAC on this address is reclaimed.
         if let Some(other) = self.holder.insert(ip, mac) {
@@ -157,10 +174,7 @@ impl LeaseTable {
             let asked = requested.filter(|ip| self.check(&mac, *ip, now).is_ok());
             match current.or(asked) {
                 Some(ip) => ip,
-                None => (self.pool.0..=self.pool.1)
-                    .map(Ipv4Addr::from)
-                    .find(|ip| self.check(&mac, *ip, now).is_ok())
-                    .ok_or(Refusal::PoolExhausted)?,
+                None => self.lowest_free(&mac, now)?,
             }
         };
         match self.leases.get(&mac) {
@@ -204,8 +218,42 @@ impl LeaseTable {
         if let Some(lease) = self.leases.remove(mac) {
             if self.holder.get(&lease.ip) == Some(mac) {
                 self.holder.remove(&lease.ip);
+                self.let_go(lease.ip);
             }
         }
+    }
+
+    /// `ip` has no holder any more: the scan must see it again.
+    fn let_go(&mut self, ip: Ipv4Addr) {
+        self.scan_from = self.scan_from.min(u64::from(u32::from(ip)));
+    }
+
+    fn note_expiry_below_mark(&mut self, expires: Instant) {
+        self.scan_valid_until = Some(self.scan_valid_until.map_or(expires, |t| t.min(expires)));
+    }
+
+    /// The lowest pool address `mac` may have now — the same answer as
+    /// walking the pool from its start, but starting at the scan mark.
+    fn lowest_free(&mut self, mac: &Mac, now: Instant) -> Result<Ipv4Addr, Refusal> {
+        if self.scan_valid_until.is_some_and(|t| now >= t) {
+            self.scan_from = u64::from(self.pool.0);
+            self.scan_valid_until = None;
+        }
+        let mut candidate = self.scan_from.max(u64::from(self.pool.0));
+        while candidate <= u64::from(self.pool.1) {
+            let ip = Ipv4Addr::from(candidate as u32);
+            if self.check(mac, ip, now).is_ok() {
+                self.scan_from = candidate;
+                return Ok(ip);
+            }
+            if let Some(lease) = self.holder.get(&ip).and_then(|m| self.leases.get(m)) {
+                let expires = lease.expires;
+                self.note_expiry_below_mark(expires);
+            }
+            candidate += 1;
+        }
+        self.scan_from = candidate;
+        Err(Refusal::PoolExhausted)
     }
 
     /// RELEASE: frees the address when it is the one the client holds.
@@ -381,6 +429,83 @@ mod tests {
             assert!(t.len() <= 4, "table holds {} entries", t.len());
         }
         assert!(offered > 3, "expired offers were reused ({offered} offers)");
+    }
+
+    /// What `offer` must answer, computed the slow way: the fixed address,
+    /// else the current one, else the asked one, else the pool walked from its start.
+    fn offer_by_full_scan(
+        t: &LeaseTable,
+        client: Mac,
+        asked: Option<Ipv4Addr>,
+        now: Instant,
+    ) -> Result<Ipv4Addr, Refusal> {
+        if let Some(&fixed) = t.fixed.get(&client) {
+            return Ok(fixed);
+        }
+        let usable = |ip: &Ipv4Addr| t.check(&client, *ip, now).is_ok();
+        t.lease(&client)
+            .map(|l| l.ip)
+            .filter(usable)
+            .or(asked.filter(usable))
+            .or_else(|| (t.pool.0..=t.pool.1).map(Ipv4Addr::from).find(usable))
+            .ok_or(Refusal::PoolExhausted)
+    }
+
+    #[test]
+    fn scan_mark_gives_the_same_offers_as_walking_the_whole_pool() {
+        // A fixed pseudo-random mix of offers, binds (short and long),
+        // releases, declines, withdrawals and time passing, on a pool small
+        // enough to run out and to see offers and leases expire.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut t = LeaseTable::new(ip(10), ip(25), ip(12), &[(mac(0x99), ip(20))]);
+        let mut now = Instant::now();
+        let mut offers = 0;
+        for _ in 0..20_000 {
+            let client = if next(20) == 0 {
+                mac(0x99)
+            } else {
+                mac(next(40) as u8)
+            };
+            match next(10) {
+                0..=3 => {
+                    let asked = (next(4) == 0).then(|| ip(8 + next(20) as u8));
+                    let expected = offer_by_full_scan(&t, client, asked, now);
+                    assert_eq!(t.offer(client, asked, now), expected);
+                    offers += 1;
+                }
+                4 | 5 => {
+                    let address = match t.lease(&client) {
+                        Some(lease) if next(4) != 0 => lease.ip,
+                        _ => ip(8 + next(20) as u8),
+                    };
+                    let lease = Duration::from_secs(1 + next(200));
+                    let _ = t.bind(client, address, lease, now);
+                }
+                6 => {
+                    if let Some(lease) = t.lease(&client) {
+                        t.release(&client, lease.ip);
+                    }
+                }
+                7 => {
+                    // A few declines only: a declined address stays out for good.
+                    if next(8) == 0 && t.declined.len() < 3 {
+                        if let Some(lease) = t.lease(&client) {
+                            t.decline(&client, lease.ip);
+                        }
+                    } else {
+                        t.withdraw_offer(&client);
+                    }
+                }
+                _ => now += Duration::from_secs(next(40)),
+            }
+        }
+        assert!(offers > 5_000, "{offers} offers compared");
     }
 
     #[test]
