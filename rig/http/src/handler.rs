@@ -309,10 +309,19 @@ impl Handler {
         // transfer: a phone must see a download that breaks, not a short file.
         let (content, full_size) = match &served.body {
             TreeBody::Bytes(bytes) => (Content::Memory(bytes.clone()), bytes.len() as u64),
-            TreeBody::File(path) => match tokio::fs::File::open(path).await {
-                Ok(file) => match file.metadata().await {
-                    Ok(meta) => (Content::Disk(file), meta.len()),
-                    Err(_) => {
+            TreeBody::File(path) => {
+                let path = path.clone();
+                match tokio::task::spawn_blocking(move || open_file(&path)).await {
+                    Ok(Ok(opened)) => opened,
+                    Ok(Err(OpenError::Missing)) => {
+                        return self.answer(
+                            fetch,
+                            StatusCode::NOT_FOUND,
+                            "not_found",
+                            "not found\n",
+                        )
+                    }
+                    Ok(Err(OpenError::Unreadable)) | Err(_) => {
                         return self.answer(
                             fetch,
                             StatusCode::INTERNAL_SERVER_ERROR,
@@ -320,11 +329,8 @@ impl Handler {
                             "cannot read file\n",
                         )
                     }
-                },
-                Err(_) => {
-                    return self.answer(fetch, StatusCode::NOT_FOUND, "not_found", "not found\n")
                 }
-            },
+            }
         };
         let range = RangeRequest::parse(range_header, full_size);
         let (status, start, len) = match range {
@@ -355,6 +361,10 @@ impl Handler {
                     TrackedBody::bytes(bytes::Bytes::copy_from_slice(
                         &bytes[from..from + len as usize],
                     ))
+                }
+                Content::Read(bytes) => {
+                    let from = start as usize;
+                    TrackedBody::bytes(bytes.slice(from..from + len as usize))
                 }
                 Content::Disk(mut file) => {
                     if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
@@ -407,7 +417,37 @@ fn forced_status(status: u16) -> StatusCode {
 /// What a served file is read from.
 enum Content {
     Memory(Arc<Vec<u8>>),
+    /// A small file read whole when it was opened.
+    Read(bytes::Bytes),
     Disk(tokio::fs::File),
+}
+
+/// Files up to this size are read whole in the same blocking call that opens
+/// them. A config file then costs one trip to the blocking pool instead of
+/// three (open, metadata, read) — at thousands of requests per second the
+/// trips, not the bytes, were the price. Larger files are streamed.
+const READ_WHOLE_LIMIT: u64 = 64 * 1024;
+
+enum OpenError {
+    Missing,
+    Unreadable,
+}
+
+/// Opens `path` (blocking): small files come back read, others as an open file.
+fn open_file(path: &std::path::Path) -> Result<(Content, u64), OpenError> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|_| OpenError::Missing)?;
+    let size = file.metadata().map_err(|_| OpenError::Unreadable)?.len();
+    if size > READ_WHOLE_LIMIT {
+        return Ok((Content::Disk(tokio::fs::File::from_std(file)), size));
+    }
+    // Read to the end rather than `size` bytes: a file rewritten meanwhile is
+    // served as it is now, with a Content-Length that matches what is sent.
+    let mut bytes = Vec::with_capacity(size as usize + 1);
+    file.read_to_end(&mut bytes)
+        .map_err(|_| OpenError::Unreadable)?;
+    let size = bytes.len() as u64;
+    Ok((Content::Read(bytes.into()), size))
 }
 
 /// Phones mostly ignore the type, but browsers and curl users read it.
