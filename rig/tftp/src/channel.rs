@@ -4,12 +4,13 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 use phonerig_core::event::NewEvent;
 use phonerig_core::{Source, Timeline};
 use tokio::net::UdpSocket;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::packet::{encode_error, error_code, Packet};
 
@@ -29,7 +30,13 @@ pub struct Channel {
     socket: UdpSocket,
     peer: SocketAddr,
     timeline: Timeline,
-    shutdown: CancellationToken,
+    /// Kept for the whole transfer: a lock-step transfer waits once per
+    /// block, and creating a timer and a cancellation waiter for every wait
+    /// (then dropping both) cost more than the wait's own bookkeeping. A
+    /// timer moved to a later deadline is updated in place by tokio.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    timer: Pin<Box<Sleep>>,
+    token: CancellationToken,
     buffer: Vec<u8>,
 }
 
@@ -44,9 +51,18 @@ impl Channel {
             socket,
             peer,
             timeline,
-            shutdown,
+            shutdown: Box::pin(shutdown.clone().cancelled_owned()),
+            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+            token: shutdown,
             buffer: vec![0; RECV_BUFFER],
         }
+    }
+
+    /// The same channel (socket, peer, shutdown) registered with the runtime
+    /// of the calling thread, for a transfer that moves to a thread of its own.
+    pub fn into_current_runtime(self) -> io::Result<Channel> {
+        let socket = UdpSocket::from_std(self.socket.into_std()?)?;
+        Ok(Channel::new(socket, self.peer, self.timeline, self.token))
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -68,11 +84,18 @@ impl Channel {
     /// The deadline does not move for ignored packets, so a stream of junk
     /// cannot keep a transfer alive.
     pub async fn recv_until(&mut self, deadline: Instant) -> Received {
+        if self.timer.deadline() != deadline {
+            self.timer.as_mut().reset(deadline);
+        }
         loop {
             let received = tokio::select! {
-                _ = self.shutdown.cancelled() => return Received::Shutdown,
-                _ = tokio::time::sleep_until(deadline) => return Received::TimedOut,
+                // Shutdown first (it wins over a waiting packet, as before the
+                // futures were kept); then the socket, so a packet that is
+                // already there is taken without polling the timer.
+                biased;
+                _ = self.shutdown.as_mut() => return Received::Shutdown,
                 received = self.socket.recv_from(&mut self.buffer) => received,
+                _ = self.timer.as_mut() => return Received::TimedOut,
             };
             let (len, from) = match received {
                 Ok(pair) => pair,

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::channel::{bind_udp, Channel, Received};
 use crate::options::{negotiate, Agreed, Direction};
-use crate::packet::{encode_data, error_code, Mode, Packet, Request};
+use crate::packet::{error_code, Mode, Packet, Request};
 use crate::record::{display_path, option_map, publish_refused, Outcome, TransferRecord};
 use crate::source::BlockSource;
 use crate::window::{wire_block, AckOutcome, SendWindow};
@@ -96,8 +97,141 @@ pub async fn serve(shared: Arc<Shared>, peer: SocketAddr, request: Request) {
         record.publish(&shared.timeline, "tftp.fetch");
         return;
     }
-    send_file(&shared, &mut channel, &request, &served, &mut record).await;
+    let record = match OwnThread::claim(served.size) {
+        Some(slot) => {
+            let job = Job {
+                shared: shared.clone(),
+                channel,
+                request,
+                served,
+                record,
+            };
+            match slot.run(job).await {
+                Ok(record) => record,
+                // No thread to be had: the transfer runs here after all.
+                Err(job) => job.run().await,
+            }
+        }
+        None => {
+            send_file(&shared, &mut channel, &request, &served, &mut record).await;
+            record
+        }
+    };
     record.publish(&shared.timeline, "tftp.fetch");
+}
+
+/// Files at least this large (firmware images, thousands of blocks) are sent
+/// from a thread of their own running a single-threaded runtime. On the
+/// shared multi-threaded runtime every block of a lock-step transfer is a
+/// wake-up through the I/O driver and the scheduler, often on another
+/// worker thread; on its own thread the ACK wakes the very thread that sends
+/// the next block — what tftpd-hpa gets from one process per transfer.
+/// Config files stay on the shared runtime: they are a few blocks long.
+const OWN_THREAD_MIN_SIZE: u64 = 1024 * 1024;
+/// At most this many transfers have a thread at once (a boot storm of
+/// firmware updates must not start a thousand threads); the others run on
+/// the shared runtime as before. Process-wide, since threads are.
+const OWN_THREAD_MAX: usize = 8;
+static OWN_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// A claimed place among the [`OWN_THREAD_MAX`] transfer threads; given back on drop.
+struct OwnThread;
+
+impl OwnThread {
+    fn claim(size: u64) -> Option<OwnThread> {
+        if size < OWN_THREAD_MIN_SIZE {
+            return None;
+        }
+        OWN_THREADS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < OWN_THREAD_MAX).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| OwnThread)
+    }
+
+    /// Sends the file on a new thread and waits for it without blocking the
+    /// runtime; gives the job back when no thread or runtime can be had.
+    async fn run(self, job: Job) -> Result<TransferRecord, Job> {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::debug!(%error, "no runtime for a TFTP transfer thread");
+                return Err(job);
+            }
+        };
+        // The job goes over only once the thread exists, so a failed spawn leaves it here.
+        let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("tftp-transfer".into())
+            .spawn(move || {
+                let _slot = self;
+                if let Ok(job) = job_rx.recv() {
+                    let _ = done_tx.send(runtime.block_on(job.run()));
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::debug!(%error, "no thread for a TFTP transfer");
+            return Err(job);
+        }
+        let (peer, size) = (job.channel.peer(), job.served.size);
+        let mut fallback = job.record.clone();
+        if job_tx.send(job).is_err() {
+            // The thread ended before taking the job (it cannot, short of a panic).
+            fallback.end(Outcome::Error).message = Some("transfer thread ended".into());
+            return Ok(fallback);
+        }
+        match done_rx.await {
+            Ok(record) => Ok(record),
+            Err(_) => {
+                tracing::error!(%peer, size, "TFTP transfer thread panicked");
+                fallback.end(Outcome::Error).message = Some("transfer thread failed".into());
+                Ok(fallback)
+            }
+        }
+    }
+}
+
+impl Drop for OwnThread {
+    fn drop(&mut self) {
+        OWN_THREADS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Everything the block exchange of one transfer needs, movable to another thread.
+struct Job {
+    shared: Arc<Shared>,
+    channel: Channel,
+    request: Request,
+    served: ServedFile,
+    record: TransferRecord,
+}
+
+impl Job {
+    /// Runs the exchange on the calling thread's runtime.
+    async fn run(self) -> TransferRecord {
+        let Job {
+            shared,
+            channel,
+            request,
+            served,
+            mut record,
+        } = self;
+        match channel.into_current_runtime() {
+            Ok(mut channel) => {
+                send_file(&shared, &mut channel, &request, &served, &mut record).await;
+            }
+            Err(error) => {
+                record.end(Outcome::Error).message =
+                    Some(format!("cannot move the transfer socket: {error}"));
+            }
+        }
+        record
+    }
 }
 
 async fn answer_refusal(
@@ -260,6 +394,15 @@ async fn oack_exchange(
     }
 }
 
+/// Opcode and block number in front of a DATA packet's bytes (RFC 1350 section 5).
+const DATA_HEADER_LEN: usize = 4;
+
+/// The header of DATA packet `block`: opcode 3, then the block number, both big-endian.
+fn data_header(block: u16) -> [u8; DATA_HEADER_LEN] {
+    let [high, low] = block.to_be_bytes();
+    [0, 3, high, low]
+}
+
 async fn send_blocks(
     shared: &Shared,
     channel: &mut Channel,
@@ -270,36 +413,45 @@ async fn send_blocks(
 ) -> Result<(), Stop> {
     let blksize = usize::from(agreed.blksize);
     let mut window = SendWindow::new(agreed.windowsize);
-    // Blocks after the last acknowledged one, kept for resending.
+    // DATA packets (header and data) after the last acknowledged block, kept
+    // for resending; acknowledged ones go to `spare` and carry the next
+    // blocks, so a transfer allocates a window's worth of buffers, not one per block.
     let mut unacked: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut fetched = 0u64;
     let mut retries = 0;
     loop {
         while let Some(block) = window.next_to_send() {
             if block > fetched {
-                let data = source
-                    .next_block(blksize)
+                let mut packet = spare
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(DATA_HEADER_LEN + blksize));
+                packet.clear();
+                packet.extend_from_slice(&data_header(wire_block(block)));
+                let len = source
+                    .append_block(&mut packet, blksize)
                     .await
                     .map_err(|e| Stop::Failed(format!("read: {e}")))?;
-                if data.len() < blksize {
-                    if truncated && data.is_empty() {
+                if len < blksize {
+                    if truncated && len == 0 {
                         // The cut falls on a block boundary: send no final
                         // short block, so the client sees a stalled download.
+                        spare.push(packet);
                         window.set_last(block - 1);
                         continue;
                     }
                     window.set_last(block);
                 }
-                unacked.push_back(data);
+                unacked.push_back(packet);
                 fetched = block;
             }
-            let data = &unacked[(block - window.acked() - 1) as usize];
+            let packet = &unacked[(block - window.acked() - 1) as usize];
             channel
-                .send(&encode_data(wire_block(block), data))
+                .send(packet)
                 .await
                 .map_err(|e| Stop::Failed(format!("send: {e}")))?;
             if window.sent(block) {
-                record.bytes += data.len() as u64;
+                record.bytes += (packet.len() - DATA_HEADER_LEN) as u64;
             }
         }
         if window.is_finished() {
@@ -311,7 +463,7 @@ async fn send_blocks(
                 Received::Packet(Packet::Ack { block }) => {
                     let before = window.acked();
                     let outcome = window.on_ack(block);
-                    unacked.drain(..(window.acked() - before) as usize);
+                    spare.extend(unacked.drain(..(window.acked() - before) as usize));
                     match outcome {
                         AckOutcome::Ignored => continue,
                         AckOutcome::Progress => {
@@ -336,5 +488,22 @@ async fn send_blocks(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::encode_data;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case(1)]
+    #[case(0x1234)]
+    #[case(u16::MAX)]
+    fn data_header_is_what_the_packet_encoder_writes(#[case] block: u16) {
+        let mut packet = data_header(block).to_vec();
+        packet.extend_from_slice(b"payload");
+        assert_eq!(packet, encode_data(block, b"payload"));
     }
 }

@@ -57,9 +57,29 @@ impl BlockSource {
         }
     }
 
-    /// The next block of at most `blksize` wire bytes; shorter only at the end
-    /// (an empty block when the data ends exactly on a block boundary).
-    pub async fn next_block(&mut self, blksize: usize) -> io::Result<Vec<u8>> {
+    /// Appends the next block of at most `blksize` wire bytes to `out` and
+    /// returns its length; shorter only at the end (0 when the data ends
+    /// exactly on a block boundary). Appending to the caller's buffer lets a
+    /// transfer build each DATA packet in place, with no allocation per block.
+    pub async fn append_block(&mut self, out: &mut Vec<u8>, blksize: usize) -> io::Result<usize> {
+        if self.mode == Mode::Octet && self.pending.is_empty() {
+            // Octet mode needs no conversion: read straight into the packet.
+            let start = out.len();
+            out.resize(start + blksize, 0);
+            let mut filled = 0;
+            while filled < blksize && !self.eof {
+                match self.reader.read(&mut out[start + filled..]).await {
+                    Ok(0) => self.eof = true,
+                    Ok(read) => filled += read,
+                    Err(error) => {
+                        out.truncate(start);
+                        return Err(error);
+                    }
+                }
+            }
+            out.truncate(start + filled);
+            return Ok(filled);
+        }
         while self.pending.len() < blksize && !self.eof {
             self.scratch.resize(blksize - self.pending.len(), 0);
             let read = self.reader.read(&mut self.scratch).await?;
@@ -72,8 +92,8 @@ impl BlockSource {
             }
         }
         let take = blksize.min(self.pending.len());
-        let rest = self.pending.split_off(take);
-        Ok(std::mem::replace(&mut self.pending, rest))
+        out.extend(self.pending.drain(..take));
+        Ok(take)
     }
 }
 
@@ -96,7 +116,11 @@ mod tests {
         let mut source = BlockSource::open(served, mode).await.unwrap();
         let mut out = Vec::new();
         loop {
-            let block = source.next_block(blksize).await.unwrap();
+            // A buffer that already holds bytes (a packet header) keeps them.
+            let mut block = b"head".to_vec();
+            let len = source.append_block(&mut block, blksize).await.unwrap();
+            assert_eq!(block.drain(..4).collect::<Vec<_>>(), b"head");
+            assert_eq!(block.len(), len);
             let last = block.len() < blksize;
             out.push(block);
             if last {
