@@ -51,7 +51,13 @@ pub fn publish_run_start(timeline: &Timeline, run_name: &str, lab: &str, suite: 
             .field("lab", lab)
             .field("rig_version", RIG_VERSION)
             .field("suite", suite)
-            .field("started_wall", timeline.started_wall().to_string()),
+            .field(
+                "started_wall",
+                timeline
+                    .started_wall()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            ),
     );
 }
 

@@ -123,7 +123,8 @@ impl Event {
         for (key, value) in self
             .fields
             .iter()
-            .filter(|(k, _)| k.as_str() != "raw")
+            // `raw` is a whole message and null says nothing: neither helps a one-line summary.
+            .filter(|(k, v)| k.as_str() != "raw" && !v.is_null())
             .take(6)
         {
             let shown = match value {
@@ -175,5 +176,32 @@ impl NewEvent {
             self.fields.extend(map);
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event_with(fields: Value) -> Event {
+        Event {
+            seq: 1,
+            t_us: 1_440_753,
+            wall: String::new(),
+            source: Source::Sip,
+            phone: Some("uc924".into()),
+            kind: "sip.message".into(),
+            fields: fields.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn brief_leaves_out_raw_text_and_null_fields() {
+        let event = event_with(json!({"call_id": "c1", "dialog": null, "raw": "INVITE …", "cseq": 1}));
+        assert_eq!(
+            event.brief(),
+            "+1.440753s sip sip.message [uc924] call_id=c1 cseq=1"
+        );
     }
 }
