@@ -198,7 +198,8 @@ mod tests {
 
     #[test]
     fn brief_leaves_out_raw_text_and_null_fields() {
-        let event = event_with(json!({"call_id": "c1", "dialog": null, "raw": "INVITE …", "cseq": 1}));
+        let event =
+            event_with(json!({"call_id": "c1", "dialog": null, "raw": "INVITE …", "cseq": 1}));
         assert_eq!(
             event.brief(),
             "+1.440753s sip sip.message [uc924] call_id=c1 cseq=1"
