@@ -323,6 +323,27 @@ struct PhoneTimes {
     registers: u32,
 }
 
+impl PhoneTimes {
+    /// The phase a phone that did not finish stopped in (`None`: it finished).
+    fn stopped_in(&self) -> Option<&'static str> {
+        Some(if self.power_on.is_none() {
+            "power-on"
+        } else if self.ack.is_none() {
+            "dhcp"
+        } else if self.config.is_none() {
+            "config fetch"
+        } else if self.registered.is_none() {
+            "register"
+        } else if self.notify_answered.is_none() {
+            "notify answer"
+        } else if self.refetched.is_none() {
+            "re-fetch"
+        } else {
+            return None;
+        })
+    }
+}
+
 /// Problems counted from the timeline; every one of them must be 0.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Failures {
@@ -556,6 +577,8 @@ pub struct StormReport {
     pub phases: Vec<Phase>,
     pub failures: Failures,
     pub lost_or_failed: u64,
+    /// Phones that did not finish, by the phase they stopped in.
+    pub stopped_in: std::collections::BTreeMap<&'static str, u64>,
     pub events: u64,
     pub rig: ProcessUsage,
     pub phones_process: ProcessUsage,
@@ -623,6 +646,18 @@ impl StormReport {
             f.power_failed, f.dhcp_failed, f.http_failed, f.http_dropped, f.sip_failed, f.notify_failed,
             f.not_leased, f.not_registered, f.not_refetched
         );
+        if !self.stopped_in.is_empty() {
+            let stages: Vec<String> = self
+                .stopped_in
+                .iter()
+                .map(|(stage, n)| format!("{stage} {n}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  phones stopped in      {}   (post-mortem: lost-phones.txt)",
+                stages.join(" · ")
+            );
+        }
         let _ = writeln!(
             out,
             "retransmissions          DHCP DISCOVER {} · REGISTER {}   (unattributed events {})",
@@ -771,6 +806,7 @@ async fn storm(args: &StormArgs) -> anyhow::Result<ExitCode> {
     .await;
 
     stop_sampling.cancel();
+    write_post_mortem(&tracker, &infos, &sim_dir, &run_dir.join("lost-phones.txt")).await;
     let rig = rig_usage.await.unwrap_or_default();
     let phones_process = match phones_usage {
         Some(task) => task.await.unwrap_or_default(),
@@ -795,6 +831,60 @@ async fn storm(args: &StormArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// At most this many lost phones are asked for their state and console.
+const POST_MORTEM_PHONES: usize = 50;
+
+/// One line exchange on a virtual phone's control socket.
+async fn control(sim_dir: &Path, phone: &str, command: &str) -> anyhow::Result<String> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::UnixStream::connect(sim_dir.join(format!("{phone}.sock"))).await?;
+    stream.write_all(format!("{command}\n").as_bytes()).await?;
+    let mut line = String::new();
+    let mut reader = BufReader::new(stream);
+    tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await??;
+    Ok(line.trim_end().to_owned())
+}
+
+/// For each phone that did not finish (the first [`POST_MORTEM_PHONES`]):
+/// the phase it stopped in, its `STATE?` and what its console printed — the
+/// phone's side of the story; the rig's side is in events.jsonl.
+async fn write_post_mortem(tracker: &Tracker, infos: &[PhoneInfo], sim_dir: &Path, path: &Path) {
+    let lost: Vec<(&PhoneInfo, &'static str)> = infos
+        .iter()
+        .filter_map(|p| Some((p, tracker.phones.get(&p.name)?.stopped_in()?)))
+        .collect();
+    if lost.is_empty() {
+        return;
+    }
+    let mut text = format!(
+        "{} phones did not finish; the first {} follow.\n",
+        lost.len(),
+        lost.len().min(POST_MORTEM_PHONES)
+    );
+    for (phone, stage) in lost.into_iter().take(POST_MORTEM_PHONES) {
+        let state = control(sim_dir, &phone.name, "STATE?").await;
+        let console = match control(sim_dir, &phone.name, "CONSOLE?").await {
+            Ok(answer) => match answer.strip_prefix("OK ") {
+                Some(pty) => phonerig_sim::console::read_unread(Path::new(pty))
+                    .map(|bytes| String::from_utf8_lossy(&bytes).replace('\r', ""))
+                    .unwrap_or_else(|e| format!("(reading {pty}: {e})")),
+                None => format!("({answer})"),
+            },
+            Err(error) => format!("({error})"),
+        };
+        let _ = write!(
+            text,
+            "\n== {} ({}) stopped in: {stage}\nstate: {}\nconsole:\n{console}",
+            phone.name,
+            phone.mac,
+            state.unwrap_or_else(|e| format!("({e})"))
+        );
+    }
+    if let Err(error) = std::fs::write(path, text) {
+        eprintln!("writing {}: {error}", path.display());
+    }
 }
 
 fn build_report(
@@ -857,6 +947,13 @@ fn build_report(
         all_refetched_s: last(|t| t.refetched).map(|t| t.saturating_sub(t_notify) as f64 / 1e6),
         phases,
         lost_or_failed: failures.total(),
+        stopped_in: times.iter().filter_map(|t| t.stopped_in()).fold(
+            Default::default(),
+            |mut counts, stage| {
+                *counts.entry(stage).or_default() += 1;
+                counts
+            },
+        ),
         failures,
         events: tracker.events,
         rig,
@@ -1011,6 +1108,11 @@ mod tests {
         assert_eq!((f.power_failed, f.http_failed), (1, 1));
         assert_eq!((f.not_leased, f.not_registered, f.not_refetched), (1, 1, 1));
         assert_eq!(report.lost_or_failed, 5);
+        // p00001 finished every phase; p00002's power-on failed.
+        assert_eq!(
+            report.stopped_in.into_iter().collect::<Vec<_>>(),
+            vec![("power-on", 1)]
+        );
         assert_eq!(report.all_registered_s, None, "one phone never registered");
         assert_eq!(tracker.expected_404s, 1);
     }

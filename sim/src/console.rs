@@ -123,6 +123,28 @@ impl Console {
     }
 }
 
+/// What a console printed that nobody has read yet, taken from its
+/// pseudo-terminal `path` (what `CONSOLE?` answers) without waiting: a
+/// post-mortem for a phone that stalled (the storm's lost-phone report).
+/// Opened without becoming our controlling terminal.
+pub fn read_unread(path: &std::path::Path) -> io::Result<Vec<u8>> {
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match nix::unistd::read(&fd, &mut buf) {
+            Ok(0) | Err(Errno::EAGAIN) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(Errno::EINTR) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +188,17 @@ mod tests {
             !text.contains("] line 0\r\n"),
             "the oldest output should have been discarded"
         );
+    }
+
+    #[test]
+    fn unread_output_is_read_back_without_blocking() {
+        let console = Console::open().unwrap();
+        console.line("DHCP: DISCOVER");
+        console.line("[AUTOP] HTTP http://x/cfg0012.xml");
+        let text = String::from_utf8(read_unread(console.path()).unwrap()).unwrap();
+        assert!(text.contains("] DHCP: DISCOVER\r\n"), "{text:?}");
+        assert!(text.ends_with("cfg0012.xml\r\n"), "{text:?}");
+        // Read once: nothing is left, and the second read does not block.
+        assert!(read_unread(console.path()).unwrap().is_empty());
     }
 }
