@@ -295,13 +295,7 @@ mod tests {
     #[test]
     fn dropped_datagrams_are_reported_once_per_interval_with_their_sources() {
         let t0 = Instant::now();
-        let mut guard = FloodGuard::new(
-            FloodLimits {
-                burst: 1,
-                per_second: 1,
-            },
-            t0,
-        );
+        let mut guard = one_per_second(t0);
         assert!(guard.admit(t0, ip(1)));
         for _ in 0..3 {
             assert!(!guard.admit(t0, ip(1)));
@@ -369,16 +363,21 @@ mod tests {
         assert_eq!((report.dropped, report.malformed), (0, 1));
     }
 
-    #[test]
-    fn sources_beyond_the_listed_ones_are_summed() {
-        let t0 = Instant::now();
-        let mut guard = FloodGuard::new(
+    /// A guard that admits one datagram, then one per second: every test's flood starts at the second.
+    fn one_per_second(t0: Instant) -> FloodGuard {
+        FloodGuard::new(
             FloodLimits {
                 burst: 1,
                 per_second: 1,
             },
             t0,
-        );
+        )
+    }
+
+    #[test]
+    fn sources_beyond_the_listed_ones_are_summed() {
+        let t0 = Instant::now();
+        let mut guard = one_per_second(t0);
         guard.admit(t0, ip(0));
         for source in 0..100u8 {
             assert!(!guard.admit(t0, ip(source)));
@@ -397,13 +396,7 @@ mod tests {
     #[test]
     fn an_untaken_report_merges_with_the_next_interval() {
         let t0 = Instant::now();
-        let mut guard = FloodGuard::new(
-            FloodLimits {
-                burst: 1,
-                per_second: 1,
-            },
-            t0,
-        );
+        let mut guard = one_per_second(t0);
         guard.admit(t0, ip(1));
         assert!(!guard.admit(t0, ip(1)));
         // The next interval starts at 5 s (its first admit rolls); the report
