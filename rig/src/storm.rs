@@ -355,8 +355,8 @@ pub struct Failures {
     pub dhcp_retransmits: u64,
     /// HTTP answers other than the file (complete) or the two 404s of the fetch order.
     pub http_failed: u64,
-    /// Connections the HTTP server closed at its connection limit.
-    pub http_dropped: u64,
+    /// Connections that waited for the HTTP server's connection limit (not failures: they are served).
+    pub http_queued: u64,
     /// REGISTERs rejected, malformed SIP.
     pub sip_failed: u64,
     /// REGISTERs beyond the challenged one and the accepted one: retransmissions.
@@ -377,7 +377,6 @@ impl Failures {
         self.power_failed
             + self.dhcp_failed
             + self.http_failed
-            + self.http_dropped
             + self.sip_failed
             + self.notify_failed
             + self.not_leased
@@ -423,7 +422,7 @@ impl Tracker {
             "dhcp.nak" | "dhcp.no_offer" | "dhcp.malformed" => self.failures.dhcp_failed += 1,
             "dhcp.flood" => self.failures.dhcp_failed += event.field_u64("dropped").unwrap_or(1),
             "http.overloaded" => {
-                self.failures.http_dropped += event.field_u64("dropped").unwrap_or(1)
+                self.failures.http_queued += event.field_u64("queued").unwrap_or(1)
             }
             "http.malformed" | "http.refused" => self.failures.http_failed += 1,
             "sip.malformed" => self.failures.sip_failed += 1,
@@ -642,10 +641,17 @@ impl StormReport {
         let _ = writeln!(out, "\nlost or failed           {}", self.lost_or_failed);
         let _ = writeln!(
             out,
-            "  power {} · dhcp {} · http {} (+{} dropped) · sip {} · notify {} · not leased {} · not registered {} · not re-fetched {}",
-            f.power_failed, f.dhcp_failed, f.http_failed, f.http_dropped, f.sip_failed, f.notify_failed,
+            "  power {} · dhcp {} · http {} · sip {} · notify {} · not leased {} · not registered {} · not re-fetched {}",
+            f.power_failed, f.dhcp_failed, f.http_failed, f.sip_failed, f.notify_failed,
             f.not_leased, f.not_registered, f.not_refetched
         );
+        if f.http_queued > 0 {
+            let _ = writeln!(
+                out,
+                "  http connections that waited for the connection limit: {} (served, not failures)",
+                f.http_queued
+            );
+        }
         if !self.stopped_in.is_empty() {
             let stages: Vec<String> = self
                 .stopped_in

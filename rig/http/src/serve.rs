@@ -38,7 +38,7 @@ pub(crate) struct ConnectionLimit {
 #[derive(Default)]
 struct OverloadNotes {
     last_event: Option<Instant>,
-    dropped_since: u64,
+    queued_since: u64,
 }
 
 impl ConnectionLimit {
@@ -50,7 +50,14 @@ impl ConnectionLimit {
         }
     }
 
-    fn admit(
+    /// A permit for the connection from `peer`. At the limit the connection
+    /// waits for one instead of being closed, and the accept loop with it, so
+    /// later connections wait in the kernel's listen backlog — what nginx does
+    /// when its worker_connections run out. Closing instead loses requests: a
+    /// phone whose provisioning fetch fails boots on without that file (Htek
+    /// UC9xx admin guide, "If TFTP/HTTP/FTP/HTTPS fails for any reason … the
+    /// phone will stop … and simply boot"), and in a boot storm never registers.
+    async fn admit(
         &self,
         peer: SocketAddr,
         protocol: Protocol,
@@ -59,8 +66,13 @@ impl ConnectionLimit {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Some(permit);
         }
+        self.note_overload(peer, protocol, timeline);
+        self.permits.clone().acquire_owned().await.ok()
+    }
+
+    fn note_overload(&self, peer: SocketAddr, protocol: Protocol, timeline: &Timeline) {
         let mut notes = self.overload.lock().unwrap_or_else(|p| p.into_inner());
-        notes.dropped_since += 1;
+        notes.queued_since += 1;
         if notes
             .last_event
             .is_none_or(|t| t.elapsed() >= OVERLOAD_EVENT_INTERVAL)
@@ -70,12 +82,11 @@ impl ConnectionLimit {
                     .field("peer", peer.to_string())
                     .field("protocol", protocol.as_str())
                     .field("limit", self.limit)
-                    .field("dropped", notes.dropped_since),
+                    .field("queued", notes.queued_since),
             );
             notes.last_event = Some(Instant::now());
-            notes.dropped_since = 0;
+            notes.queued_since = 0;
         }
-        None
     }
 }
 
@@ -107,9 +118,13 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let Some(permit) = limit.admit(peer, protocol, &handler.ctx.timeline) else {
-            drop(stream);
-            continue;
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = limit.admit(peer, protocol, &handler.ctx.timeline) => permit,
+        };
+        let Some(permit) = permit else {
+            // The semaphore is never closed; a closed one would mean no service.
+            break;
         };
         let (handler, tls, shutdown) = (handler.clone(), tls.clone(), shutdown.clone());
         tracker.spawn(async move {
