@@ -23,6 +23,7 @@ mod call;
 pub mod digest;
 mod endpoint;
 pub mod message;
+mod nonce_store;
 mod notify;
 mod registrar;
 pub mod rtp;
