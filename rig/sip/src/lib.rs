@@ -28,6 +28,7 @@ mod notify;
 mod registrar;
 pub mod rtp;
 pub mod sdp;
+mod server_transactions;
 mod tls;
 pub mod transport;
 pub mod user_agent;
