@@ -12,15 +12,17 @@
 # as a header line), so the credentials are SIPp's -au/-ap. Both registrars
 # do the same work per registration (challenge, digest check, binding
 # replaced), whichever user it is.
-# Usage: bench/sip.sh   (RATES="100 200 400 800 1600 3200" SECONDS_PER_RATE=5)
+# Usage: bench/sip.sh   (RATES="100 200 400 800 1600 3200" SECONDS_PER_RATE=5
+#                       RIG_IP=127.176.0.1 REF_IP=127.176.0.2 CLIENT_IP=127.176.0.3)
 source "$(dirname "$0")/lib.sh"
 
 RATES=${RATES:-100 200 400 800 1600 3200}
 SECONDS_PER_RATE=${SECONDS_PER_RATE:-5}
 KAMAILIO_CHILDREN=${KAMAILIO_CHILDREN:-4}
-RIG_IP=127.176.0.1
-REF_IP=127.176.0.2
-CLIENT_IP=127.176.0.3
+# Addresses can be moved (RIG_IP=… REF_IP=… CLIENT_IP=…) when several benches share a machine.
+RIG_IP=${RIG_IP:-127.176.0.1}
+REF_IP=${REF_IP:-127.176.0.2}
+CLIENT_IP=${CLIENT_IP:-127.176.0.3}
 PORT=15063
 EXT=4999 # the lab phone of lib.sh's lab_file
 PASSWORD=bench

@@ -17,23 +17,20 @@ use crate::call::Calls;
 use crate::message::{response_to, user_of, Builder, SipMsg, Transport};
 use crate::registrar::Registrar;
 use crate::rtp::PortPool;
+use crate::server_transactions::{Arrival, ServerKey, ServerTransactions};
 use crate::transport::{Bounds, Received, SipTransport, StreamTrouble};
 use crate::{AnswerPolicy, Registration, Settings, SipConfig};
 
-/// A request the rig has seen, keyed as RFC 3261 §17.2.3 matches server transactions.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct ServerKey {
-    branch: String,
-    method: String,
-    call_id: String,
-    cseq: u32,
-}
+/// The last response sent in a server transaction and where it went,
+/// resent when the request is retransmitted.
+type SentResponse = (SipMsg, SocketAddr, Transport);
 
-struct ServerEntry {
-    seen: Instant,
-    /// The last response sent, resent when the request is retransmitted.
-    last_response: Option<(SipMsg, SocketAddr, Transport)>,
-}
+/// Server transactions kept at once at most. Each is kept 2·64·T1 after its
+/// request arrived; only above 131 072 / 64 s ≈ 2 000 requests/s sustained
+/// (the flood guard's default budget is 2 500 datagrams/s) are the oldest
+/// forgotten earlier — at ≤ 4 096 requests/s still after ≥ 32 s = 64·T1
+/// (default T1), past the last retransmission a client sends (timer F).
+const MAX_SERVER_TRANSACTIONS: usize = 131_072;
 
 pub(crate) struct Core {
     pub ctx: ServiceContext,
@@ -52,7 +49,7 @@ pub(crate) struct Core {
     answer_policies: Mutex<BTreeMap<String, AnswerPolicy>>,
     inbound_labels: Mutex<BTreeMap<String, String>>,
     client_transactions: Mutex<HashMap<String, mpsc::UnboundedSender<SipMsg>>>,
-    server_transactions: Mutex<HashMap<ServerKey, ServerEntry>>,
+    server_transactions: Mutex<ServerTransactions<SentResponse>>,
     inbox: Mutex<
         Option<(
             mpsc::Receiver<Received>,
@@ -105,7 +102,10 @@ impl Core {
             rtp_pool: Arc::new(PortPool::new(config.rtp_ports.clone())),
             calls: Calls::default(),
             client_transactions: Mutex::new(HashMap::new()),
-            server_transactions: Mutex::new(HashMap::new()),
+            server_transactions: Mutex::new(ServerTransactions::new(
+                config.timers.timeout() * 2,
+                MAX_SERVER_TRANSACTIONS,
+            )),
             inbox: Mutex::new(Some((received, trouble))),
             domain,
             tls_port,
@@ -313,18 +313,11 @@ impl Core {
         transport: Transport,
     ) -> SipMsg {
         let response = builder.header("Server", "phonerig").response(code);
-        if let Some(key) = server_key(request) {
-            let mut table = self
-                .server_transactions
+        if let Some(key) = ServerKey::of(request) {
+            self.server_transactions
                 .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            table
-                .entry(key)
-                .or_insert_with(|| ServerEntry {
-                    seen: Instant::now(),
-                    last_response: None,
-                })
-                .last_response = Some((response.clone(), peer, transport));
+                .unwrap_or_else(|p| p.into_inner())
+                .answered(key, (response.clone(), peer, transport), Instant::now());
         }
         if let Err(error) = self.send(&response, peer, transport).await {
             tracing::warn!(%error, %peer, "cannot send SIP response");
@@ -334,34 +327,24 @@ impl Core {
 
     /// True when `request` repeats one already seen: the last response (if any) is resent.
     fn absorb_retransmission(self: &Arc<Self>, request: &SipMsg) -> bool {
-        let Some(key) = server_key(request) else {
+        let Some(key) = ServerKey::of(request) else {
             return false;
         };
-        let lifetime = self.config.timers.timeout();
-        let mut table = self
+        let arrival = self
             .server_transactions
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        table.retain(|_, entry| entry.seen.elapsed() < lifetime * 2);
-        match table.get(&key) {
-            Some(entry) => {
-                if let Some((response, peer, transport)) = entry.last_response.clone() {
+            .unwrap_or_else(|p| p.into_inner())
+            .arrived(key, Instant::now());
+        match arrival {
+            Arrival::New => false,
+            Arrival::Again(last_response) => {
+                if let Some((response, peer, transport)) = last_response {
                     let core = self.clone();
                     tokio::spawn(async move {
                         let _ = core.send(&response, peer, transport).await;
                     });
                 }
                 true
-            }
-            None => {
-                table.insert(
-                    key,
-                    ServerEntry {
-                        seen: Instant::now(),
-                        last_response: None,
-                    },
-                );
-                false
             }
         }
     }
@@ -650,15 +633,6 @@ pub enum InviteEvent {
 /// a CANCEL shares its INVITE's branch.
 fn client_key(branch: &str, method: &str) -> String {
     format!("{branch} {method}")
-}
-
-fn server_key(request: &SipMsg) -> Option<ServerKey> {
-    Some(ServerKey {
-        branch: request.branch()?,
-        method: request.method(),
-        call_id: request.call_id(),
-        cseq: request.cseq()?.0,
-    })
 }
 
 /// The ACK of RFC 3261 §17.1.1.3: same branch and Request-URI, To from the response.

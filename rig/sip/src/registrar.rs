@@ -2,10 +2,10 @@
 //! directory (the AOR's user part is the phone's extension), keeps the
 //! registration table, and reports every attempt as `sip.register`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use phonerig_core::event::NewEvent;
 use phonerig_core::Source;
@@ -13,10 +13,18 @@ use phonerig_core::Source;
 use crate::digest::{self, Algorithm, Credentials};
 use crate::endpoint::Core;
 use crate::message::{header_param, response_to, token, uri_of, user_of, SipMsg, Transport};
+use crate::nonce_store::NonceStore;
 use crate::{user_agent, RegisterPolicy, Registration};
 
-/// Nonces kept valid at once; older ones get a `stale=true` re-challenge.
-const NONCES_KEPT: usize = 256;
+/// How long an issued nonce is honoured (kamailio's `nonce_expire`
+/// default); an answer with an older one gets a `stale=true` re-challenge.
+/// Phones answer a 401 within a round trip; a phone reusing the nonce
+/// for its next refresh gets a fresh one after this.
+const NONCE_LIFETIME: Duration = Duration::from_secs(300);
+/// Nonces held at once at most (about 12 MB), so a REGISTER flood costs bounded
+/// memory: beyond it the oldest are forgotten early. At the flood guard's
+/// default 2 500 datagrams/s every nonce still lives ≥ 26 s.
+const MAX_NONCES: usize = 65_536;
 const DEFAULT_EXPIRES: u32 = 3600;
 
 pub(crate) struct Registrar {
@@ -24,7 +32,7 @@ pub(crate) struct Registrar {
     algorithm: Option<Algorithm>,
     policy: RegisterPolicy,
     table: Mutex<BTreeMap<String, Registration>>,
-    nonces: Mutex<VecDeque<String>>,
+    nonces: Mutex<NonceStore>,
 }
 
 /// What the registrar decided for one REGISTER.
@@ -46,7 +54,7 @@ impl Registrar {
             algorithm,
             policy,
             table: Mutex::new(BTreeMap::new()),
-            nonces: Mutex::new(VecDeque::new()),
+            nonces: Mutex::new(NonceStore::new(NONCE_LIFETIME, MAX_NONCES)),
         }
     }
 
@@ -82,11 +90,10 @@ impl Registrar {
 
     fn new_nonce(&self) -> String {
         let nonce = token(16);
-        let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
-        nonces.push_back(nonce.clone());
-        while nonces.len() > NONCES_KEPT {
-            nonces.pop_front();
-        }
+        self.nonces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .issue(nonce.clone(), Instant::now());
         nonce
     }
 
@@ -94,8 +101,7 @@ impl Registrar {
         self.nonces
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(|n| n == nonce)
+            .is_valid(nonce, Instant::now())
     }
 
     fn verdict(&self, request: &SipMsg, password: Option<&str>) -> Verdict {
@@ -349,6 +355,21 @@ mod tests {
             registrar.verdict(&answered(&registrar, "pw", Algorithm::Md5), Some("pw")),
             Verdict::Challenge { stale: false }
         );
+    }
+
+    /// The nonce of a 401 is still honoured after many other challenges
+    /// went out (a registration burst), not only after a few hundred.
+    #[rstest]
+    #[case(0)]
+    #[case(256)]
+    #[case(10_000)]
+    fn a_nonce_survives_a_burst_of_other_challenges(#[case] others: usize) {
+        let registrar = Registrar::new("rig".into(), Some(Algorithm::Md5), RegisterPolicy::Accept);
+        let first = answered(&registrar, "pw", Algorithm::Md5);
+        for _ in 0..others {
+            registrar.new_nonce();
+        }
+        assert_eq!(registrar.verdict(&first, Some("pw")), Verdict::Accept);
     }
 
     #[rstest]
