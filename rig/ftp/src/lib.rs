@@ -202,6 +202,12 @@ impl Shared {
     async fn serve(&self, stream: TcpStream, peer: SocketAddr) {
         // A second handle on the socket lets the rig end the session on stop:
         // libunftp's per-connection loop has no shutdown hook of its own.
+        // Replies go out as soon as they are written: with Nagle on, the
+        // `226` after a `150` waited for the client's delayed ACK (≈40 ms
+        // per transfer on Linux).
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%error, "ftp: cannot set TCP_NODELAY on the control connection");
+        }
         let (stream, closer) = match split_closer(stream) {
             Ok(pair) => pair,
             Err(error) => {

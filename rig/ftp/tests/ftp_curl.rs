@@ -649,3 +649,62 @@ async fn sessions_beyond_the_bound_get_421() {
     assert_eq!(event.field_u64("limit"), Some(1));
     rig.stop().await;
 }
+
+/// The server's end of the TCP connection whose client end is `client_local` → `client_peer`:
+/// found among this process's own descriptors (the service runs in the
+/// test process), duplicated so it can be inspected.
+fn server_end_of(
+    client_local: std::net::SocketAddr,
+    client_peer: std::net::SocketAddr,
+) -> std::net::TcpStream {
+    use std::os::fd::{BorrowedFd, RawFd};
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds {
+        // SAFETY: the descriptor is only borrowed for the duplication below;
+        // a descriptor closed meanwhile makes the duplication fail, nothing more.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let Ok(owned) = borrowed.try_clone_to_owned() else {
+            continue;
+        };
+        let stream = std::net::TcpStream::from(owned);
+        if stream.peer_addr().ok() == Some(client_local)
+            && stream.local_addr().ok() == Some(client_peer)
+        {
+            return stream;
+        }
+    }
+    panic!("no server-side socket for {client_local} → {client_peer}");
+}
+
+/// Replies must not wait for the client's delayed ACK: with Nagle on the
+/// control connection, the `226` written right after `150` was held back
+/// ≈40 ms per transfer (bench/ftp.sh). Also: the passive listener already
+/// accepts when the 229 reply is read (a closed port would refuse the connect
+/// at once on loopback).
+#[tokio::test]
+async fn control_connection_sends_replies_without_nagle_and_passive_port_is_ready() {
+    let rig = Rig::start(vec![], Settings::default(), &[("cfg.xml", b"x")]).await;
+    let addr: std::net::SocketAddr = rig.base.trim_start_matches("ftp://").parse().unwrap();
+    let (mut control, greeting) = Control::connect(addr).await;
+    assert!(greeting.starts_with("220"), "{greeting}");
+    let client = control.reader.get_ref();
+    let server_end = server_end_of(client.local_addr().unwrap(), client.peer_addr().unwrap());
+    assert!(
+        server_end.nodelay().unwrap(),
+        "TCP_NODELAY is off on the server's control socket"
+    );
+    assert!(control.command("USER anonymous").await.starts_with("331"));
+    assert!(control.command("PASS x").await.starts_with("230"));
+    for _ in 0..3 {
+        let reply = control.command("EPSV").await;
+        assert!(reply.starts_with("229"), "{reply}");
+        let port: u16 = reply.split('|').nth(3).unwrap().parse().unwrap();
+        let data = std::net::TcpStream::connect((addr.ip(), port));
+        assert!(data.is_ok(), "connect to announced port {port}: {data:?}");
+        drop(data);
+    }
+    rig.stop().await;
+}
