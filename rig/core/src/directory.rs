@@ -23,10 +23,39 @@ pub struct PhoneInfo {
     pub devcode: Option<String>,
 }
 
+/// Indexes instead of scans: in a 10,000-phone storm every DHCP packet, SIP
+/// request and fetch looks a phone up, and a scan each time is quadratic.
 #[derive(Default)]
 struct Tables {
     phones: Vec<Arc<PhoneInfo>>,
     by_ip: HashMap<IpAddr, usize>,
+    /// The address bound to each phone (same index as `phones`).
+    ip_of: Vec<Option<IpAddr>>,
+    by_mac: HashMap<Mac, usize>,
+    /// The first phone listed wins where a lab shares a name or extension,
+    /// as the scans this replaces did.
+    by_name: HashMap<String, usize>,
+    by_ext: HashMap<String, usize>,
+}
+
+impl Tables {
+    fn new(phones: Vec<Arc<PhoneInfo>>) -> Tables {
+        let mut tables = Tables {
+            ip_of: vec![None; phones.len()],
+            ..Tables::default()
+        };
+        for (index, phone) in phones.iter().enumerate() {
+            tables.by_mac.entry(phone.mac).or_insert(index);
+            tables.by_name.entry(phone.name.clone()).or_insert(index);
+            tables.by_ext.entry(phone.ext.clone()).or_insert(index);
+        }
+        tables.phones = phones;
+        tables
+    }
+
+    fn get(&self, index: Option<&usize>) -> Option<Arc<PhoneInfo>> {
+        index.map(|&i| self.phones[i].clone())
+    }
 }
 
 /// Shared by the services of a bench; cheap to clone.
@@ -48,10 +77,7 @@ impl PhoneDirectory {
     pub fn new(phones: impl IntoIterator<Item = PhoneInfo>) -> Self {
         let phones = phones.into_iter().map(Arc::new).collect();
         PhoneDirectory {
-            tables: Arc::new(RwLock::new(Tables {
-                phones,
-                by_ip: HashMap::new(),
-            })),
+            tables: Arc::new(RwLock::new(Tables::new(phones))),
         }
     }
 
@@ -64,38 +90,23 @@ impl PhoneDirectory {
     }
 
     pub fn by_mac(&self, mac: &Mac) -> Option<Arc<PhoneInfo>> {
-        self.tables
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .phones
-            .iter()
-            .find(|p| &p.mac == mac)
-            .cloned()
+        let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
+        tables.get(tables.by_mac.get(mac))
     }
 
     pub fn by_name(&self, name: &str) -> Option<Arc<PhoneInfo>> {
-        self.tables
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .phones
-            .iter()
-            .find(|p| p.name == name)
-            .cloned()
+        let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
+        tables.get(tables.by_name.get(name))
     }
 
     pub fn by_ext(&self, ext: &str) -> Option<Arc<PhoneInfo>> {
-        self.tables
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .phones
-            .iter()
-            .find(|p| p.ext == ext)
-            .cloned()
+        let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
+        tables.get(tables.by_ext.get(ext))
     }
 
     pub fn by_ip(&self, ip: IpAddr) -> Option<Arc<PhoneInfo>> {
         let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
-        tables.by_ip.get(&ip).map(|&i| tables.phones[i].clone())
+        tables.get(tables.by_ip.get(&ip))
     }
 
     /// Finds a phone whose MAC appears in `text` (a request path or User-Agent), in any notation.
@@ -116,18 +127,24 @@ impl PhoneDirectory {
     /// Records that `ip` now belongs to the phone with `mac` (called by DHCP on ACK).
     pub fn bind_ip(&self, mac: &Mac, ip: IpAddr) -> Option<Arc<PhoneInfo>> {
         let mut tables = self.tables.write().unwrap_or_else(|p| p.into_inner());
-        let index = tables.phones.iter().position(|p| &p.mac == mac)?;
-        tables.by_ip.retain(|_, i| *i != index);
-        tables.by_ip.insert(ip, index);
+        let index = *tables.by_mac.get(mac)?;
+        if let Some(old) = tables.ip_of[index].replace(ip) {
+            tables.by_ip.remove(&old);
+        }
+        // The address may have belonged to another phone before.
+        if let Some(previous) = tables.by_ip.insert(ip, index) {
+            if previous != index {
+                tables.ip_of[previous] = None;
+            }
+        }
         Some(tables.phones[index].clone())
     }
 
     pub fn unbind_ip(&self, ip: IpAddr) {
-        self.tables
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_ip
-            .remove(&ip);
+        let mut tables = self.tables.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(index) = tables.by_ip.remove(&ip) {
+            tables.ip_of[index] = None;
+        }
     }
 
     /// Best guess at who sent a request: address first, then a MAC in the path or User-Agent.
@@ -160,6 +177,55 @@ mod tests {
         dir.bind_ip(&mac, "127.77.0.11".parse().unwrap());
         assert!(dir.by_ip("127.77.0.10".parse().unwrap()).is_none());
         assert_eq!(dir.by_ip("127.77.0.11".parse().unwrap()).unwrap().name, "a");
+    }
+
+    /// Two phones, a sequence of leases (phone index, address) and releases,
+    /// then who each address belongs to.
+    #[rstest::rstest]
+    #[case::moves(&[(0, 10), (0, 11)], &[], &[(10, None), (11, Some("a"))])]
+    #[case::taken_over(&[(0, 10), (1, 10)], &[], &[(10, Some("b"))])]
+    #[case::taken_over_then_own_moves(&[(0, 10), (1, 10), (0, 12)], &[], &[(10, Some("b")), (12, Some("a"))])]
+    #[case::released(&[(0, 10), (1, 11)], &[10], &[(10, None), (11, Some("b"))])]
+    fn addresses_follow_leases_and_releases(
+        #[case] leases: &[(usize, u8)],
+        #[case] releases: &[u8],
+        #[case] owners: &[(u8, Option<&str>)],
+    ) {
+        let macs = ["001a4d5c258d", "001a4d5c258e"];
+        let dir = PhoneDirectory::new([phone("a", macs[0]), phone("b", macs[1])]);
+        let ip = |last: u8| IpAddr::from([127, 77, 0, last]);
+        for &(who, last) in leases {
+            let mac: Mac = macs[who].parse().unwrap();
+            dir.bind_ip(&mac, ip(last));
+        }
+        for &last in releases {
+            dir.unbind_ip(ip(last));
+        }
+        for &(last, owner) in owners {
+            assert_eq!(
+                dir.by_ip(ip(last)).map(|p| p.name.clone()).as_deref(),
+                owner,
+                "owner of .{last}"
+            );
+        }
+    }
+
+    #[test]
+    fn lookups_by_name_ext_and_mac_take_the_first_listed() {
+        let mut twin = phone("twin", "001a4d5c2590");
+        twin.ext = "4002".into();
+        let dir = PhoneDirectory::new([phone("a", "001a4d5c258d"), twin]);
+        assert_eq!(dir.by_ext("4002").unwrap().name, "a");
+        assert_eq!(
+            dir.by_name("twin").unwrap().mac,
+            "001a4d5c2590".parse().unwrap()
+        );
+        assert_eq!(
+            dir.by_mac(&"001a4d5c2590".parse().unwrap()).unwrap().name,
+            "twin"
+        );
+        assert!(dir.by_name("nobody").is_none());
+        assert!(dir.by_ext("9999").is_none());
     }
 
     #[test]
