@@ -139,8 +139,14 @@ impl SimHost {
             let _ = listener.await;
         }
         let phones = std::mem::take(&mut self.phones);
-        let offs = phones.iter().map(|phone| phone.power_off());
-        futures_join_all(offs).await;
+        // All at once: a phone may take a moment to power off, and a
+        // thousand in turn add up.
+        let mut offs = tokio::task::JoinSet::new();
+        for phone in &phones {
+            let phone = phone.clone();
+            offs.spawn(async move { phone.power_off().await });
+        }
+        while offs.join_next().await.is_some() {}
         for phone in &phones {
             phone.attachment.remove();
         }
@@ -162,16 +168,6 @@ fn raise_file_limit(wanted: u64) {
         if soft < wanted {
             let _ = setrlimit(Resource::RLIMIT_NOFILE, wanted.min(hard), hard);
         }
-    }
-}
-
-async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) {
-    let mut set = Vec::new();
-    for future in futures {
-        set.push(future);
-    }
-    for future in set {
-        future.await;
     }
 }
 

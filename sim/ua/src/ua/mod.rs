@@ -95,6 +95,11 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Telephony {
     inner: Arc<Inner>,
+    /// One per handle: `inner`'s count less this one's is the number of
+    /// tasks still running, which is what shutdown waits for. (Counting
+    /// `inner` alone made every shutdown with a second handle alive wait its
+    /// full deadline.)
+    handles: Arc<()>,
 }
 
 impl Telephony {
@@ -135,7 +140,10 @@ impl Telephony {
         });
         tokio::spawn(inner.clone().receive_loop());
         (inner.console)(format!("[SIP] user agent listening on udp {local}"));
-        Ok(Telephony { inner })
+        Ok(Telephony {
+            inner,
+            handles: Arc::new(()),
+        })
     }
 
     /// The SIP address actually bound (useful when `sip_port` was 0).
@@ -182,9 +190,15 @@ impl Telephony {
 
     /// Stop everything. `unregister = true` sends REGISTER with Expires: 0 first
     /// (orderly reboot); `false` is a power cut: nothing more goes on the wire.
-    /// Returns once the SIP and RTP ports are released (so a power cycle can bind
-    /// them again), provided no other clone of this handle is kept alive.
+    /// Returns once every task of the phone has ended (at most 2 s); the SIP
+    /// socket closes when the last handle is dropped.
     pub async fn shutdown(self, unregister: bool) {
+        self.shutdown_within(unregister, std::time::Duration::from_secs(2))
+            .await;
+    }
+
+    /// `shutdown` that waits at most `limit` for the tasks; whether they all ended.
+    async fn shutdown_within(self, unregister: bool, limit: std::time::Duration) -> bool {
         if let Some(task) = self.inner.register_task.lock().unwrap().take() {
             task.abort();
         }
@@ -199,10 +213,17 @@ impl Telephony {
         });
         // Every task holds the Inner (and so the socket) until it sees the stop
         // token; wait for them so the port is free when we return.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-        while Arc::strong_count(&self.inner) > 1 && tokio::time::Instant::now() < deadline {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.tasks_running() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+        self.tasks_running() == 0
+    }
+}
+
+impl Telephony {
+    fn tasks_running(&self) -> usize {
+        Arc::strong_count(&self.inner).saturating_sub(Arc::strong_count(&self.handles))
     }
 }
 
@@ -404,5 +425,42 @@ pub(crate) fn reason_phrase(code: u16) -> &'static str {
         600 => "Busy Everywhere",
         603 => "Decline",
         _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::NotifyDecision;
+    use std::net::Ipv4Addr;
+    use std::time::Duration;
+
+    /// The session keeps its handle while a clone shuts down (so a power cut
+    /// mid-shutdown can still end it); the shutdown must see the tasks end
+    /// with that handle alive. (Counting every reference to the phone as a
+    /// task waited out the whole deadline, 2 s per power-off of every phone.)
+    #[tokio::test]
+    async fn shutdown_waits_for_tasks_not_for_other_handles() {
+        let cfg = UaConfig {
+            local_ip: Ipv4Addr::new(127, 187, 0, 2).into(),
+            sip_port: 0,
+            rtp_port_base: 0,
+            ..UaConfig::default()
+        };
+        let phone = Telephony::start(
+            cfg,
+            Arc::new(|_| {}),
+            Arc::new(|_: &str| NotifyDecision::Reject(489)),
+        )
+        .await
+        .unwrap();
+        let kept = phone.clone();
+        assert_eq!(kept.tasks_running(), 1, "the receive loop");
+        assert!(
+            phone.shutdown_within(false, Duration::from_secs(10)).await,
+            "tasks still running: {}",
+            kept.tasks_running()
+        );
+        assert_eq!(kept.tasks_running(), 0);
     }
 }
