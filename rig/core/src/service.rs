@@ -85,7 +85,6 @@ impl PanicWatch {
         PANIC_HOOK.call_once(|| {
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
-                previous(info);
                 let payload = info.payload();
                 let message = payload
                     .downcast_ref::<&str>()
@@ -99,13 +98,22 @@ impl PanicWatch {
                         .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
                     thread: std::thread::current().name().map(str::to_owned),
                 };
-                // try_lock: a panic while a watch is being added or removed
-                // is not worth a deadlock in the hook.
-                if let Ok(sinks) = PANIC_SINKS.try_lock() {
-                    for (_, sink) in sinks.iter() {
-                        let _ = sink.send(report.clone());
+                // Retried try_lock, not lock: the lock is also held while a
+                // watch is added or removed and while another thread's panic
+                // is handed out (two panics at once must both be reported),
+                // but a panic on the thread holding it must not deadlock.
+                for _ in 0..10_000 {
+                    if let Ok(sinks) = PANIC_SINKS.try_lock() {
+                        for (_, sink) in sinks.iter() {
+                            let _ = sink.send(report.clone());
+                        }
+                        break;
                     }
+                    std::thread::yield_now();
                 }
+                // After the report: printing may resolve a backtrace, which
+                // takes seconds on a loaded machine.
+                previous(info);
             }));
         });
         let id = NEXT_WATCH.fetch_add(1, Ordering::Relaxed);
@@ -226,6 +234,58 @@ mod tests {
             .snapshot()
             .iter()
             .any(|e| e.kind == "task.panicked"));
+        drop(watch);
+    }
+
+    /// Panics on many threads at the same moment, while other watches come
+    /// and go: each one is on the timeline (a busy sink lock once dropped them).
+    #[test]
+    fn simultaneous_panics_are_all_reported() {
+        const THREADS: usize = 8;
+        let timeline = Timeline::in_memory();
+        let watch = PanicWatch::start(&timeline);
+        let start = std::sync::Arc::new(std::sync::Barrier::new(THREADS + 1));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn = {
+            let (start, done) = (start.clone(), done.clone());
+            std::thread::spawn(move || {
+                let other = Timeline::in_memory();
+                start.wait();
+                while !done.load(Ordering::Relaxed) {
+                    drop(PanicWatch::start(&other));
+                }
+            })
+        };
+        let threads: Vec<_> = (0..THREADS)
+            .map(|i| {
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    panic!("simultaneous panic {i}");
+                })
+            })
+            .collect();
+        for thread in threads {
+            assert!(thread.join().is_err());
+        }
+        done.store(true, Ordering::Relaxed);
+        churn.join().unwrap();
+        // The watch's thread publishes them in arrival order.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let reported = loop {
+            let reported: Vec<String> = timeline
+                .snapshot()
+                .iter()
+                .filter(|e| e.kind == "task.panicked")
+                .filter_map(|e| e.field_str("message").map(str::to_owned))
+                .filter(|m| m.starts_with("simultaneous panic"))
+                .collect();
+            if reported.len() == THREADS || std::time::Instant::now() > deadline {
+                break reported;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(reported.len(), THREADS, "{reported:?}");
         drop(watch);
     }
 }
