@@ -46,7 +46,9 @@ fn a_small_storm_registers_and_resyncs_every_phone() {
     for phase in phases {
         assert_eq!(phase["count"], PHONES, "phase {phase}");
     }
-    assert!(report["stopped_in"].as_object().is_some_and(|m| m.is_empty()));
+    assert!(report["stopped_in"]
+        .as_object()
+        .is_some_and(|m| m.is_empty()));
     // The run folder is a complete record like any other run's.
     let events = std::fs::read_to_string(ws.run_dir().join("events.jsonl")).unwrap();
     assert!(events.matches("\"kind\":\"sip.register\"").count() as u64 >= PHONES);

@@ -100,7 +100,8 @@ async fn connections_beyond_the_bound_wait_their_turn_and_are_reported() {
     held.clear();
     for stream in [&mut third, &mut fourth] {
         let mut answer = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
         let answer = String::from_utf8_lossy(&answer);
         assert!(
             answer.starts_with("HTTP/1.1 200") && answer.ends_with("fine"),
