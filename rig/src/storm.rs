@@ -56,11 +56,26 @@ pub struct StormArgs {
     /// Internal: where the hosted phones put their control sockets.
     #[arg(long, hide = true, requires = "sim_host")]
     pub sim_dir: Option<PathBuf>,
+    /// Internal: host only the lab's phones `start..end` (one of several phone processes).
+    #[arg(long, hide = true, requires = "sim_host", value_parser = parse_slice)]
+    pub sim_slice: Option<(usize, usize)>,
+}
+
+fn parse_slice(text: &str) -> Result<(usize, usize), String> {
+    let (start, end) = text
+        .split_once("..")
+        .ok_or_else(|| format!("`{text}` is not start..end"))?;
+    let number = |v: &str| v.parse::<usize>().map_err(|e| format!("`{v}`: {e}"));
+    let (start, end) = (number(start)?, number(end)?);
+    if start >= end {
+        return Err(format!("empty slice {start}..{end}"));
+    }
+    Ok((start, end))
 }
 
 pub async fn run(args: StormArgs) -> anyhow::Result<ExitCode> {
     match (&args.sim_host, &args.sim_dir) {
-        (Some(lab), Some(dir)) => host_phones(lab, dir).await,
+        (Some(lab), Some(dir)) => host_phones(lab, dir, args.sim_slice).await,
         (Some(_), None) => bail!("--sim-host needs --sim-dir"),
         _ => storm(&args).await,
     }
@@ -142,11 +157,18 @@ notify = {{ event = "check-sync" }}
 
 // ---- the second process: the virtual phones ------------------------------
 
-async fn host_phones(lab_path: &Path, sim_dir: &Path) -> anyhow::Result<ExitCode> {
+async fn host_phones(
+    lab_path: &Path,
+    sim_dir: &Path,
+    slice: Option<(usize, usize)>,
+) -> anyhow::Result<ExitCode> {
     let lab = Lab::load(lab_path)?;
     let ports = lab.ports();
+    let (start, end) = slice.unwrap_or((0, lab.phones.len()));
     let phones = lab
         .phones
+        .get(start..end)
+        .with_context(|| format!("{} has no phones {start}..{end}", lab_path.display()))?
         .iter()
         .map(|p| {
             let p = p.get_ref();
@@ -184,17 +206,76 @@ async fn host_phones(lab_path: &Path, sim_dir: &Path) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-/// The phones' process; killed if the storm is dropped before it ends.
+/// Descriptors one virtual phone may hold at once: pty pair, control socket,
+/// DHCP, SIP and RTP sockets, a fetch or two (sim/src/host.rs counts 10).
+const FILES_PER_PHONE: usize = 10;
+
+/// How many phones one process can host under this machine's hard limit on
+/// open files (a container may not let even root raise it: 20,000 here, so
+/// 10,000 phones need several processes).
+fn phones_per_process() -> usize {
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            limits
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        })
+        .and_then(|hard| hard.parse::<usize>().ok())
+        .unwrap_or(4096);
+    (hard.saturating_sub(512) / FILES_PER_PHONE).max(100)
+}
+
+/// The phones' processes; killed if the storm is dropped before it ends.
 struct PhoneHost {
-    child: tokio::process::Child,
+    children: Vec<tokio::process::Child>,
 }
 
 impl PhoneHost {
     async fn spawn(lab: &Path, sim_dir: &Path, phones: usize) -> anyhow::Result<PhoneHost> {
+        let per_process = phones_per_process();
+        let mut host = PhoneHost {
+            children: Vec::new(),
+        };
+        let mut readiness = Vec::new();
+        for start in (0..phones).step_by(per_process) {
+            let end = (start + per_process).min(phones);
+            let (child, ready) = Self::spawn_one(lab, sim_dir, start, end).await?;
+            host.children.push(child);
+            readiness.push(ready);
+        }
+        // They start side by side; then each must say it is ready.
+        for ready in readiness {
+            let line = tokio::time::timeout(
+                Duration::from_secs(30) + Duration::from_millis(per_process as u64 * 5),
+                ready,
+            )
+            .await;
+            match line {
+                Ok(Ok(Some(line))) if line.starts_with("ready") => {}
+                Ok(Ok(other)) => {
+                    bail!("a virtual phones' process did not start (said {other:?}; see its error above)")
+                }
+                Ok(Err(error)) => bail!("reading a virtual phones' process: {error}"),
+                Err(_) => bail!("a virtual phones' process did not get ready in time"),
+            }
+        }
+        Ok(host)
+    }
+
+    async fn spawn_one(
+        lab: &Path,
+        sim_dir: &Path,
+        start: usize,
+        end: usize,
+    ) -> anyhow::Result<(
+        tokio::process::Child,
+        impl std::future::Future<Output = std::io::Result<Option<String>>>,
+    )> {
         let exe = std::env::current_exe().context("locating the rig binary")?;
-        // Each phone holds a pty pair, a control socket, DHCP and SIP sockets:
-        // raise the descriptor limit for that process (root may raise the hard limit too).
-        let wanted = phones * 10 + 1024;
+        // Raise the descriptor limit for that process (root may raise the hard limit too).
+        let wanted = (end - start) * FILES_PER_PHONE + 1024;
         let mut child = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -206,40 +287,38 @@ impl PhoneHost {
             .arg(lab)
             .arg("--sim-dir")
             .arg(sim_dir)
+            .arg("--sim-slice")
+            .arg(format!("{start}..{end}"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .context("starting the virtual phones' process")?;
+            .context("starting a virtual phones' process")?;
         let stdout = child.stdout.take().context("phones' stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(
-            Duration::from_secs(30) + Duration::from_millis(phones as u64 * 5),
-            lines.next_line(),
-        )
-        .await;
-        match ready {
-            Ok(Ok(Some(line))) if line.starts_with("ready") => Ok(PhoneHost { child }),
-            Ok(Ok(other)) => {
-                bail!("the virtual phones' process did not start (said {other:?}; see its error above)")
-            }
-            Ok(Err(error)) => bail!("reading the virtual phones' process: {error}"),
-            Err(_) => bail!("the virtual phones' process did not get ready in time"),
-        }
+        let ready = async move { BufReader::new(stdout).lines().next_line().await };
+        Ok((child, ready))
     }
 
-    fn pid(&self) -> Option<u32> {
-        self.child.id()
+    fn pids(&self) -> Vec<String> {
+        self.children
+            .iter()
+            .filter_map(|c| c.id())
+            .map(|p| p.to_string())
+            .collect()
     }
 
-    /// Closes its stdin (it powers the phones off and exits); kills it if it lingers.
+    /// Closes their stdin (they power the phones off and exit); kills any that linger.
     async fn stop(mut self) {
-        drop(self.child.stdin.take());
-        if tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
+        for child in &mut self.children {
+            drop(child.stdin.take());
+        }
+        for child in &mut self.children {
+            if tokio::time::timeout(Duration::from_secs(30), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
         }
     }
 }
@@ -269,41 +348,53 @@ fn status_kib(pid: &str, key: &str) -> Option<u64> {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ProcessUsage {
+    /// How many processes these figures add up.
+    pub processes: usize,
     /// CPU time (user + system) spent during the storm.
     pub cpu_seconds: f64,
     /// The highest CPU use over one sampling interval (100% = one core).
     pub peak_cpu_percent: f64,
-    /// Peak resident memory of the process (VmHWM).
+    /// Peak resident memory (VmHWM), summed over the processes.
     pub peak_rss_mib: f64,
 }
 
-/// Samples a process's CPU every 250 ms until cancelled.
-async fn sample(pid: String, stop: CancellationToken) -> ProcessUsage {
+/// Samples the CPU of one or more processes (together) every 250 ms until cancelled.
+async fn sample(pids: Vec<String>, stop: CancellationToken) -> ProcessUsage {
     const INTERVAL: Duration = Duration::from_millis(250);
-    let start = cpu_ticks(&pid).unwrap_or(0);
+    let ticks = |pids: &[String]| -> Option<u64> {
+        pids.iter().map(|pid| cpu_ticks(pid)).sum::<Option<u64>>()
+    };
+    let start = ticks(&pids).unwrap_or(0);
     let mut last = (Instant::now(), start);
     let mut peak: f64 = 0.0;
     let mut ticker = tokio::time::interval(INTERVAL);
+    // The first tick is immediate: an interval of ~0 s would make any tick look like a peak.
+    ticker.tick().await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        let Some(now_ticks) = cpu_ticks(&pid) else {
+        let Some(now_ticks) = ticks(&pids) else {
             break;
         };
         let elapsed = last.0.elapsed().as_secs_f64();
-        if elapsed > 0.0 {
+        if elapsed >= INTERVAL.as_secs_f64() / 2.0 {
             let used = (now_ticks.saturating_sub(last.1)) as f64 / TICKS_PER_SECOND;
             peak = peak.max(100.0 * used / elapsed);
+            last = (Instant::now(), now_ticks);
         }
-        last = (Instant::now(), now_ticks);
     }
-    let end = cpu_ticks(&pid).unwrap_or(last.1);
+    let end = ticks(&pids).unwrap_or(last.1);
     ProcessUsage {
+        processes: pids.len(),
         cpu_seconds: end.saturating_sub(start) as f64 / TICKS_PER_SECOND,
         peak_cpu_percent: peak,
-        peak_rss_mib: status_kib(&pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0,
+        peak_rss_mib: pids
+            .iter()
+            .map(|pid| status_kib(pid, "VmHWM:").unwrap_or(0))
+            .sum::<u64>() as f64
+            / 1024.0,
     }
 }
 
@@ -676,7 +767,13 @@ impl StormReport {
         );
         let _ = writeln!(
             out,
-            "phones process           CPU {:.2} s (peak {:.0}%) · peak RSS {:.1} MiB",
+            "phones ({} process{})      CPU {:.2} s (peak {:.0}%) · peak RSS {:.1} MiB",
+            self.phones_process.processes,
+            if self.phones_process.processes == 1 {
+                ""
+            } else {
+                "es"
+            },
             self.phones_process.cpu_seconds,
             self.phones_process.peak_cpu_percent,
             self.phones_process.peak_rss_mib
@@ -744,7 +841,7 @@ async fn storm(args: &StormArgs) -> anyhow::Result<ExitCode> {
 
     eprintln!("starting {} virtual phones …", args.phones);
     let host = PhoneHost::spawn(&lab_path, &sim_dir, args.phones).await?;
-    let phones_pid = host.pid().map(|p| p.to_string());
+    let phone_pids = host.pids();
     let bench = Arc::new(Bench::open(lab, timeline.clone(), Some(&run_dir)).await?);
     let infos: Vec<PhoneInfo> = bench
         .directory()
@@ -755,8 +852,8 @@ async fn storm(args: &StormArgs) -> anyhow::Result<ExitCode> {
     let services = bench.start_services(&scenario, &infos[0]).await?;
 
     let stop_sampling = CancellationToken::new();
-    let rig_usage = tokio::spawn(sample("self".into(), stop_sampling.clone()));
-    let phones_usage = phones_pid.map(|pid| tokio::spawn(sample(pid, stop_sampling.clone())));
+    let rig_usage = tokio::spawn(sample(vec!["self".into()], stop_sampling.clone()));
+    let phones_usage = tokio::spawn(sample(phone_pids, stop_sampling.clone()));
 
     let mut tracker = Tracker::new(&infos);
     let mut reader = timeline.reader();
@@ -814,10 +911,7 @@ async fn storm(args: &StormArgs) -> anyhow::Result<ExitCode> {
     stop_sampling.cancel();
     write_post_mortem(&tracker, &infos, &sim_dir, &run_dir.join("lost-phones.txt")).await;
     let rig = rig_usage.await.unwrap_or_default();
-    let phones_process = match phones_usage {
-        Some(task) => task.await.unwrap_or_default(),
-        None => ProcessUsage::default(),
-    };
+    let phones_process = phones_usage.await.unwrap_or_default();
     services.stop(&timeline).await;
     host.stop().await;
     if let Ok(bench) = Arc::try_unwrap(bench) {
@@ -974,6 +1068,38 @@ mod tests {
     use rstest::rstest;
     use std::net::Ipv4Addr;
 
+    #[rstest]
+    #[case("0..100", Ok((0, 100)))]
+    #[case("1948..3896", Ok((1948, 3896)))]
+    #[case("5..5", Err("empty slice 5..5"))]
+    #[case("7", Err("`7` is not start..end"))]
+    #[case("a..3", Err("`a`: invalid digit found in string"))]
+    fn phone_process_slices_parse(
+        #[case] text: &str,
+        #[case] expected: Result<(usize, usize), &str>,
+    ) {
+        assert_eq!(parse_slice(text), expected.map_err(str::to_owned));
+    }
+
+    #[test]
+    fn a_process_hosts_as_many_phones_as_its_file_limit_allows() {
+        let per_process = phones_per_process();
+        assert!(per_process >= 100);
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let hard: usize = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(4))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(usize::MAX);
+        if hard != usize::MAX && hard > 1512 {
+            assert!(
+                per_process * FILES_PER_PHONE <= hard,
+                "{per_process} phones × {FILES_PER_PHONE} > {hard}"
+            );
+        }
+    }
+
     #[test]
     fn storm_lab_is_a_valid_lab_with_distinct_phones() {
         let text = storm_lab(300, "htek-uc924", 141, Path::new("/tmp/s"));
@@ -1098,6 +1224,7 @@ mod tests {
             json: None,
             sim_host: None,
             sim_dir: None,
+            sim_slice: None,
         };
         let report = build_report(
             &args,
