@@ -1,6 +1,7 @@
 //! Who is who on the bench: phones from the lab file, looked up by MAC (DHCP),
 //! by address (every other service, once DHCP has leased one) or by name.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
@@ -28,6 +29,11 @@ pub struct PhoneInfo {
 #[derive(Default)]
 struct Tables {
     phones: Vec<Arc<PhoneInfo>>,
+    /// The lower-case spellings of each phone's MAC that may appear in a
+    /// request, in the order of `phones`. Built with the directory (the phones
+    /// of a bench never change after that): `by_mac_in` runs for every request
+    /// of every file service and used to format them per phone per hint.
+    mac_spellings: Vec<MacSpellings>,
     by_ip: HashMap<IpAddr, usize>,
     /// The address bound to each phone (same index as `phones`).
     ip_of: Vec<Option<IpAddr>>,
@@ -42,6 +48,7 @@ impl Tables {
     fn new(phones: Vec<Arc<PhoneInfo>>) -> Tables {
         let mut tables = Tables {
             ip_of: vec![None; phones.len()],
+            mac_spellings: phones.iter().map(|p| MacSpellings::of(&p.mac)).collect(),
             ..Tables::default()
         };
         for (index, phone) in phones.iter().enumerate() {
@@ -55,6 +62,24 @@ impl Tables {
 
     fn get(&self, index: Option<&usize>) -> Option<Arc<PhoneInfo>> {
         index.map(|&i| self.phones[i].clone())
+    }
+}
+
+/// `001a4d5c258d`, `00:1a:4d:5c:25:8d`, `00-1a-4d-5c-25-8d`.
+struct MacSpellings([String; 3]);
+
+impl MacSpellings {
+    fn of(mac: &Mac) -> Self {
+        let colon = mac.colon();
+        let dash = colon.replace(':', "-");
+        MacSpellings([mac.lower(), colon, dash])
+    }
+
+    /// Whether `lowered` (already lower-case) contains any of them.
+    fn found_in(&self, lowered: &str) -> bool {
+        self.0
+            .iter()
+            .any(|spelling| lowered.contains(spelling.as_str()))
     }
 }
 
@@ -75,7 +100,7 @@ impl std::fmt::Debug for PhoneDirectory {
 
 impl PhoneDirectory {
     pub fn new(phones: impl IntoIterator<Item = PhoneInfo>) -> Self {
-        let phones = phones.into_iter().map(Arc::new).collect();
+        let phones: Vec<Arc<PhoneInfo>> = phones.into_iter().map(Arc::new).collect();
         PhoneDirectory {
             tables: Arc::new(RwLock::new(Tables::new(phones))),
         }
@@ -111,17 +136,17 @@ impl PhoneDirectory {
 
     /// Finds a phone whose MAC appears in `text` (a request path or User-Agent), in any notation.
     pub fn by_mac_in(&self, text: &str) -> Option<Arc<PhoneInfo>> {
-        let lowered = text.to_ascii_lowercase();
+        let lowered = if text.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(text.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(text)
+        };
         let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
-        tables
-            .phones
+        let index = tables
+            .mac_spellings
             .iter()
-            .find(|p| {
-                lowered.contains(&p.mac.lower())
-                    || lowered.contains(&p.mac.colon())
-                    || lowered.contains(&p.mac.colon().replace(':', "-"))
-            })
-            .cloned()
+            .position(|spellings| spellings.found_in(&lowered))?;
+        Some(tables.phones[index].clone())
     }
 
     /// Records that `ip` now belongs to the phone with `mac` (called by DHCP on ACK).
@@ -157,6 +182,7 @@ impl PhoneDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rstest::rstest;
 
     fn phone(name: &str, mac: &str) -> PhoneInfo {
         PhoneInfo {
@@ -181,7 +207,7 @@ mod tests {
 
     /// Two phones, a sequence of leases (phone index, address) and releases,
     /// then who each address belongs to.
-    #[rstest::rstest]
+    #[rstest]
     #[case::moves(&[(0, 10), (0, 11)], &[], &[(10, None), (11, Some("a"))])]
     #[case::taken_over(&[(0, 10), (1, 10)], &[], &[(10, Some("b"))])]
     #[case::taken_over_then_own_moves(&[(0, 10), (1, 10), (0, 12)], &[], &[(10, Some("b")), (12, Some("a"))])]
@@ -240,5 +266,47 @@ mod tests {
             "a"
         );
         assert!(dir.by_mac_in("/cfg0012.xml").is_none());
+    }
+
+    /// Two phones, so a hit must also name the right one; every notation,
+    /// in either case, anywhere in the text.
+    #[rstest]
+    #[case::bare_lower("/cfg001a4d5c258d.xml", Some("a"))]
+    #[case::bare_upper("/Config001A4D5C258D.cfg", Some("a"))]
+    #[case::colon("Htek UC924 2.0.4.2 00:1a:4d:5c:25:8d", Some("a"))]
+    #[case::colon_upper("UA 00:1F:C1:10:D3:A9", Some("b"))]
+    #[case::dash("mac=00-1f-c1-10-d3-a9", Some("b"))]
+    #[case::dash_upper("mac=00-1A-4D-5C-25-8D", Some("a"))]
+    #[case::second_phone_bare("cfg001fc110d3a9", Some("b"))]
+    #[case::one_digit_off("/cfg001a4d5c258e.xml", None)]
+    #[case::devcode_only("/cfg0012.xml", None)]
+    #[case::mixed_separators("00:1a-4d:5c-25:8d", None)]
+    #[case::empty("", None)]
+    fn by_mac_in_finds_every_notation(#[case] text: &str, #[case] expected: Option<&str>) {
+        let dir = PhoneDirectory::new([phone("a", "001a4d5c258d"), phone("b", "001fc110d3a9")]);
+        assert_eq!(
+            dir.by_mac_in(text).map(|p| p.name.clone()).as_deref(),
+            expected
+        );
+    }
+
+    /// The spellings made once must be those of the phone at the same index.
+    #[test]
+    fn precomputed_spellings_follow_the_phones() {
+        let macs = ["001a4d5c258d", "001fc110d3a9", "0080f0aabbcc"];
+        let dir = PhoneDirectory::new(macs.iter().map(|m| phone(&format!("p{m}"), m)));
+        for mac in macs {
+            let parsed: Mac = mac.parse().unwrap();
+            for text in [
+                parsed.upper(),
+                parsed.colon(),
+                parsed.colon().replace(':', "-"),
+            ] {
+                assert_eq!(dir.by_mac_in(&text).unwrap().mac, parsed, "{text}");
+            }
+        }
+        assert!(PhoneDirectory::default()
+            .by_mac_in("001a4d5c258d")
+            .is_none());
     }
 }

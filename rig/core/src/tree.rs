@@ -3,7 +3,7 @@
 //! decided in one place for every protocol.
 
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::directory::{PhoneDirectory, PhoneInfo};
@@ -94,6 +94,14 @@ impl ResolveError {
 #[derive(Debug, Clone)]
 pub struct ProvisioningTree {
     root: Option<PathBuf>,
+    /// `root` with its symlinks resolved, found on the first request that
+    /// needed it (the root may not exist yet when the tree is built). Every
+    /// request used to resolve it again: one `realpath` (~4 syscalls) per
+    /// request for an answer that does not change. Each request still
+    /// resolves its own file, so a symlink added to the tree later is judged
+    /// when it is requested; and a root swapped for a symlink afterwards is
+    /// refused rather than followed, since files are looked up under this path.
+    canonical_root: Arc<OnceLock<PathBuf>>,
     rules: Vec<FileRule>,
     base: Placeholders,
     directory: PhoneDirectory,
@@ -165,6 +173,7 @@ impl ProvisioningTree {
     ) -> Self {
         ProvisioningTree {
             root,
+            canonical_root: Arc::new(OnceLock::new()),
             rules,
             base,
             directory,
@@ -226,7 +235,10 @@ impl ProvisioningTree {
             Some((rule, phone)) => (Some(rule), phone),
             None => (None, requester.or_else(|| self.directory.by_mac_in(&path))),
         };
-        let placeholders = self.placeholders_for(phone.as_deref());
+        // Placeholders are built only for the answers that expand them (inline
+        // content, templates): a plain file needs none, and building them
+        // clones the whole map per request.
+        let placeholders = || self.placeholders_for(phone.as_deref());
         if let Some(rule) = rule {
             if rule.absent {
                 return Err(ResolveError::NotFound);
@@ -238,7 +250,7 @@ impl ProvisioningTree {
                 });
             }
             if let Some(content) = &rule.content {
-                let expanded = placeholders
+                let expanded = placeholders()
                     .expand(content)
                     .unwrap_or_else(|_| content.clone());
                 return Ok(ServedFile {
@@ -260,7 +272,7 @@ impl ProvisioningTree {
         }
         let (body, size) = if rule.is_some_and(|r| r.template) {
             let text = std::fs::read_to_string(&on_disk).map_err(|_| ResolveError::NotFound)?;
-            let expanded = placeholders.expand(&text).unwrap_or(text);
+            let expanded = placeholders().expand(&text).unwrap_or(text);
             let len = expanded.len() as u64;
             (Body::Bytes(Arc::new(expanded.into_bytes())), len)
         } else {
@@ -279,18 +291,29 @@ impl ProvisioningTree {
 
     /// The file under the root for `path`, refusing symlinks that lead outside it.
     fn confined(&self, path: &str) -> Result<PathBuf, ResolveError> {
-        let root = self.root.as_ref().ok_or(ResolveError::NotFound)?;
-        let root = root.canonicalize().map_err(|_| ResolveError::NotFound)?;
+        let root = self.canonical_root()?;
         let candidate = root.join(path);
         let real = candidate
             .canonicalize()
             .map_err(|_| ResolveError::NotFound)?;
-        if !real.starts_with(&root) {
+        if !real.starts_with(root) {
             return Err(ResolveError::Refused(
                 "path leaves the root through a symlink".into(),
             ));
         }
         Ok(real)
+    }
+
+    /// The root with its symlinks resolved, computed once; a root that does
+    /// not exist (yet) is looked for again on the next request.
+    fn canonical_root(&self) -> Result<&Path, ResolveError> {
+        if let Some(root) = self.canonical_root.get() {
+            return Ok(root);
+        }
+        let root = self.root.as_ref().ok_or(ResolveError::NotFound)?;
+        let real = root.canonicalize().map_err(|_| ResolveError::NotFound)?;
+        // Two first requests may race here; both computed the same path.
+        Ok(self.canonical_root.get_or_init(|| real))
     }
 }
 
@@ -440,5 +463,81 @@ mod tests {
             tree.resolve("link", None),
             Err(ResolveError::Refused(_))
         ));
+    }
+
+    fn disk_tree(root: &Path) -> ProvisioningTree {
+        ProvisioningTree::new(Some(root.into()), vec![], base(), PhoneDirectory::default())
+    }
+
+    /// The canonical root is cached by the first request; links made inside
+    /// the tree afterwards must still be judged on every request.
+    #[rstest]
+    #[case::file_outside("link", "outside/secret")]
+    #[case::folder_outside("dirlink/secret", "outside")]
+    #[case::relative_climb("up/outside/secret", "..")]
+    #[case::file_inside_replaced("cfg.xml", "outside/secret")]
+    fn symlink_made_after_the_root_was_cached_is_refused(
+        #[case] request: &str,
+        #[case] target: &str,
+    ) {
+        let workspace = tempfile::tempdir().unwrap();
+        let (root, outside) = (
+            workspace.path().join("root"),
+            workspace.path().join("outside"),
+        );
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "s").unwrap();
+        std::fs::write(root.join("cfg.xml"), "c").unwrap();
+        let tree = disk_tree(&root);
+        assert!(tree.resolve("cfg.xml", None).is_ok(), "caches the root");
+
+        let link = root.join(request.split('/').next().unwrap());
+        let _ = std::fs::remove_file(&link);
+        let target = if target == ".." {
+            PathBuf::from("..")
+        } else {
+            workspace.path().join(target)
+        };
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(
+            matches!(tree.resolve(request, None), Err(ResolveError::Refused(_))),
+            "{request} -> {} served",
+            target.display()
+        );
+    }
+
+    #[test]
+    fn root_made_after_the_first_request_is_served_then() {
+        let workspace = tempfile::tempdir().unwrap();
+        let root = workspace.path().join("later");
+        let tree = disk_tree(&root);
+        assert_eq!(tree.resolve("cfg.xml", None), Err(ResolveError::NotFound));
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("cfg.xml"), "c").unwrap();
+        assert_eq!(tree.resolve("cfg.xml", None).unwrap().size, 1);
+    }
+
+    #[test]
+    fn root_named_through_a_symlink_serves_its_files_and_keeps_them_confined() {
+        let workspace = tempfile::tempdir().unwrap();
+        let real = workspace.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::write(real.join("cfg.xml"), "c").unwrap();
+        std::fs::write(workspace.path().join("secret"), "s").unwrap();
+        std::os::unix::fs::symlink(&real, workspace.path().join("alias")).unwrap();
+        std::os::unix::fs::symlink(workspace.path().join("secret"), real.join("link")).unwrap();
+        let tree = disk_tree(&workspace.path().join("alias"));
+        for _ in 0..2 {
+            let served = tree.resolve("cfg.xml", None).unwrap();
+            assert_eq!(
+                served.body,
+                Body::File(real.canonicalize().unwrap().join("cfg.xml"))
+            );
+            assert!(matches!(
+                tree.resolve("link", None),
+                Err(ResolveError::Refused(_))
+            ));
+        }
     }
 }

@@ -310,8 +310,17 @@ impl Handler {
         let (content, full_size) = match &served.body {
             TreeBody::Bytes(bytes) => (Content::Memory(bytes.clone()), bytes.len() as u64),
             TreeBody::File(path) => {
-                let path = path.clone();
-                match tokio::task::spawn_blocking(move || open_file(&path)).await {
+                let opened = if served.truncate.is_none() && served.size <= READ_WHOLE_LIMIT {
+                    // A config file is opened and read right here: the tree
+                    // has just resolved and stat'ed it on this thread, and the
+                    // page-cache read costs less than the hand-off to the
+                    // blocking pool and back (two thread wake-ups per request).
+                    Ok(open_file(path))
+                } else {
+                    let path = path.clone();
+                    tokio::task::spawn_blocking(move || open_file(&path)).await
+                };
+                match opened {
                     Ok(Ok(opened)) => opened,
                     Ok(Err(OpenError::Missing)) => {
                         return self.answer(
@@ -422,10 +431,10 @@ enum Content {
     Disk(tokio::fs::File),
 }
 
-/// Files up to this size are read whole in the same blocking call that opens
-/// them. A config file then costs one trip to the blocking pool instead of
-/// three (open, metadata, read) — at thousands of requests per second the
-/// trips, not the bytes, were the price. Larger files are streamed.
+/// Files up to this size are read whole in the same call that opens them,
+/// on the request's own thread (no trip to the blocking pool: at thousands of
+/// requests per second the trips, not the bytes, were the price). Larger
+/// files are opened in the blocking pool and streamed.
 const READ_WHOLE_LIMIT: u64 = 64 * 1024;
 
 enum OpenError {
