@@ -50,7 +50,7 @@ pasv_address=$REF_IP
 secure_chroot_dir=$WORK/empty
 # The anonymous user must have a home that exists: vsftpd changes into it
 # before anon_root (with the user nobody, home /nonexistent, every login got
-# "500 OOPS: cannot change directory"). Debian's vsftpd creates `ftp` (/srv/ftp).
+# "500 OOPS: cannot change directory"). Debian's vsftpd creates the user ftp (/srv/ftp).
 ftp_username=ftp
 xferlog_enable=YES
 vsftpd_log_file=$WORK/vsftpd.log
@@ -104,7 +104,7 @@ print(f"{sum(done) / elapsed:.0f} {sum(done)}")
 PY
 }
 
-lab=$(lab_file "$RIG_IP" "ports = { ftp = $PORT, ftp_passive = [31000, 31099], http = 18082, https = 18445, tftp = 16970, dhcp = 16769, dhcp_client = 16870, sip = 15062 }")
+lab=$(lab_file "$RIG_IP" "ports = { ftp = $PORT, ftp_passive = [30100, 30999], http = 18082, https = 18445, tftp = 16970, dhcp = 16769, dhcp_client = 16870, sip = 15062 }")
 start_rig "$lab" "$WORK/serve.toml"
 wait_port "$RIG_IP" "$PORT"
 read -r rig_1 rig_1_ok < <(retr_rate "$RIG_IP" 1)
