@@ -214,17 +214,15 @@ const FILES_PER_PHONE: usize = 10;
 /// open files (a container may not let even root raise it: 20,000 here, so
 /// 10,000 phones need several processes).
 fn phones_per_process() -> usize {
-    let hard = std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|limits| {
-            limits
-                .lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
-        })
-        .and_then(|hard| hard.parse::<usize>().ok())
-        .unwrap_or(4096);
+    let hard = hard_open_file_limit().unwrap_or(4096);
     (hard.saturating_sub(512) / FILES_PER_PHONE).max(100)
+}
+
+/// This process's hard RLIMIT_NOFILE (`None` when unlimited or unreadable).
+fn hard_open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(4)?.parse().ok()
 }
 
 /// The phones' processes; killed if the storm is dropped before it ends.
@@ -1085,13 +1083,7 @@ mod tests {
     fn a_process_hosts_as_many_phones_as_its_file_limit_allows() {
         let per_process = phones_per_process();
         assert!(per_process >= 100);
-        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-        let hard: usize = limits
-            .lines()
-            .find(|l| l.starts_with("Max open files"))
-            .and_then(|l| l.split_whitespace().nth(4))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(usize::MAX);
+        let hard = hard_open_file_limit().unwrap_or(usize::MAX);
         if hard != usize::MAX && hard > 1512 {
             assert!(
                 per_process * FILES_PER_PHONE <= hard,
