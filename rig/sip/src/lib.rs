@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 mod call;
 pub mod digest;
 mod endpoint;
+mod expiring;
 pub mod message;
 mod nonce_store;
 mod notify;

@@ -5,77 +5,39 @@
 //! rate must not find its nonce forgotten (the answer would be re-challenged
 //! with `stale=true` and the registration would take another round trip).
 //! Memory is bounded by a count as well: past `max` live nonces the oldest
-//! are forgotten early. Issuing and checking are O(1) (amortised): a hash
-//! map by nonce, and a queue in issue order, which is also expiry order, so
-//! expired nonces are dropped from its front.
+//! are forgotten early. Issuing and checking are O(1) (amortised): an
+//! [`ExpiringMap`](crate::expiring::ExpiringMap).
 
-use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::expiring::ExpiringMap;
+
 pub(crate) struct NonceStore {
-    lifetime: Duration,
-    max: usize,
-    /// Nonce → the instant it stops being valid.
-    valid_until: HashMap<String, Instant>,
-    /// `(valid_until, nonce)` in issue order.
-    by_age: VecDeque<(Instant, String)>,
+    issued: ExpiringMap<String, ()>,
 }
 
 impl NonceStore {
     /// A store honouring each nonce for `lifetime`, holding at most `max` (at least 1).
     pub fn new(lifetime: Duration, max: usize) -> NonceStore {
         NonceStore {
-            lifetime,
-            max: max.max(1),
-            valid_until: HashMap::new(),
-            by_age: VecDeque::new(),
+            issued: ExpiringMap::new(lifetime, max),
         }
     }
 
-    /// Remembers `nonce` as issued at `now`.
+    /// Remembers `nonce` as issued at `now` (a repeated one gets a fresh lifetime).
     pub fn issue(&mut self, nonce: String, now: Instant) {
-        self.forget_expired(now);
-        while self.valid_until.len() >= self.max {
-            let Some((until, oldest)) = self.by_age.pop_front() else {
-                break;
-            };
-            if self.valid_until.get(&oldest) == Some(&until) {
-                self.valid_until.remove(&oldest);
-            }
-        }
-        let until = now + self.lifetime;
-        // A repeated nonce (random tokens: practically never) gets a fresh
-        // lifetime; its older queue entry is skipped when it reaches the front.
-        self.valid_until.insert(nonce.clone(), until);
-        self.by_age.push_back((until, nonce));
+        self.issued.insert(nonce, (), now);
     }
 
     /// Whether `nonce` was issued here and its lifetime has not passed at `now`.
     pub fn is_valid(&self, nonce: &str, now: Instant) -> bool {
-        self.valid_until
-            .get(nonce)
-            .is_some_and(|until| now < *until)
+        self.issued.get(nonce, now).is_some()
     }
 
     /// Nonces held (valid or expired but not yet dropped).
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.valid_until.len()
-    }
-
-    fn forget_expired(&mut self, now: Instant) {
-        while let Some((until, _)) = self.by_age.front() {
-            if *until > now {
-                break;
-            }
-            let Some((until, nonce)) = self.by_age.pop_front() else {
-                break;
-            };
-            // Only the entry that set the current expiry removes the nonce.
-            if self.valid_until.get(&nonce) == Some(&until) {
-                self.valid_until.remove(&nonce);
-            }
-        }
+        self.issued.len()
     }
 }
 

@@ -3,13 +3,13 @@
 //! response to it.
 //!
 //! Each request the rig has seen is kept for a fixed time after it first
-//! arrived, in a hash map by its matching key and a queue in arrival order
-//! (which is also expiry order), so an arrival costs O(1) however many
-//! transactions are live; memory is bounded by a count as well.
+//! arrived, in an [`ExpiringMap`] by its matching key, so an arrival costs
+//! O(1) however many transactions are live; memory is bounded by a count
+//! as well.
 
-use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::expiring::ExpiringMap;
 use crate::message::SipMsg;
 
 /// A request as RFC 3261 §17.2.3 matches it to a server transaction: the
@@ -44,18 +44,10 @@ pub(crate) enum Arrival<R> {
     Again(Option<R>),
 }
 
-struct Entry<R> {
-    first_seen: Instant,
-    last_response: Option<R>,
-}
-
 /// Seen requests by key; `R` is the remembered response (with where it went).
 pub(crate) struct ServerTransactions<R> {
-    lifetime: Duration,
-    max: usize,
-    entries: HashMap<ServerKey, Entry<R>>,
-    /// `(first_seen, key)` in arrival order.
-    by_age: VecDeque<(Instant, ServerKey)>,
+    /// The last response sent in each transaction, if any yet.
+    seen: ExpiringMap<ServerKey, Option<R>>,
 }
 
 impl<R: Clone> ServerTransactions<R> {
@@ -64,81 +56,33 @@ impl<R: Clone> ServerTransactions<R> {
     /// oldest are forgotten early.
     pub fn new(lifetime: Duration, max: usize) -> ServerTransactions<R> {
         ServerTransactions {
-            lifetime,
-            max: max.max(1),
-            entries: HashMap::new(),
-            by_age: VecDeque::new(),
+            seen: ExpiringMap::new(lifetime, max),
         }
     }
 
     /// Records a request arriving at `now`: new, or a retransmission of a
     /// transaction still kept.
     pub fn arrived(&mut self, key: ServerKey, now: Instant) -> Arrival<R> {
-        self.forget_expired(now);
-        if let Some(entry) = self.entries.get(&key) {
-            return Arrival::Again(entry.last_response.clone());
+        if let Some(last_response) = self.seen.get(&key, now) {
+            return Arrival::Again(last_response.clone());
         }
-        self.insert(key, now, None);
+        self.seen.insert(key, None, now);
         Arrival::New
     }
 
     /// Remembers `response` as the last one sent in `key`'s transaction
     /// (starting the transaction if it was not kept).
     pub fn answered(&mut self, key: ServerKey, response: R, now: Instant) {
-        match self.entries.get_mut(&key) {
-            Some(entry) => entry.last_response = Some(response),
-            None => {
-                self.forget_expired(now);
-                self.insert(key, now, Some(response));
-            }
+        match self.seen.get_mut(&key, now) {
+            Some(last_response) => *last_response = Some(response),
+            None => self.seen.insert(key, Some(response), now),
         }
     }
 
     /// Transactions kept.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    fn insert(&mut self, key: ServerKey, now: Instant, last_response: Option<R>) {
-        while self.entries.len() >= self.max {
-            let Some((first_seen, oldest)) = self.by_age.pop_front() else {
-                break;
-            };
-            self.remove_if_from(&oldest, first_seen);
-        }
-        self.by_age.push_back((now, key.clone()));
-        self.entries.insert(
-            key,
-            Entry {
-                first_seen: now,
-                last_response,
-            },
-        );
-    }
-
-    fn forget_expired(&mut self, now: Instant) {
-        while let Some((first_seen, _)) = self.by_age.front() {
-            if now.saturating_duration_since(*first_seen) < self.lifetime {
-                break;
-            }
-            let Some((first_seen, key)) = self.by_age.pop_front() else {
-                break;
-            };
-            self.remove_if_from(&key, first_seen);
-        }
-    }
-
-    /// Removes `key` only if its entry is the one queued at `first_seen`
-    /// (not a later transaction with the same key).
-    fn remove_if_from(&mut self, key: &ServerKey, first_seen: Instant) {
-        if self
-            .entries
-            .get(key)
-            .is_some_and(|entry| entry.first_seen == first_seen)
-        {
-            self.entries.remove(key);
-        }
+        self.seen.len()
     }
 }
 
