@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use phonerig_core::{Event, PhoneInfo};
+use phonerig_sim::FILES_PER_PHONE;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
@@ -205,10 +206,6 @@ async fn host_phones(
     host.stop().await;
     Ok(ExitCode::SUCCESS)
 }
-
-/// Descriptors one virtual phone may hold at once: pty pair, control socket,
-/// DHCP, SIP and RTP sockets, a fetch or two (sim/src/host.rs counts 10).
-const FILES_PER_PHONE: usize = 10;
 
 /// How many phones one process can host under this machine's hard limit on
 /// open files (a container may not let even root raise it: 20,000 here, so

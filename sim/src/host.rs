@@ -61,7 +61,7 @@ impl SimHost {
                 bail!("phone {}: MAC {} is used twice", spec.name, spec.mac);
             }
         }
-        raise_file_limit(cfg.phones.len() as u64 * FILES_PER_PHONE + 256);
+        raise_file_limit((cfg.phones.len() * FILES_PER_PHONE) as u64 + 256);
         std::fs::create_dir_all(&cfg.sim_dir)
             .with_context(|| format!("creating {}", cfg.sim_dir.display()))?;
         let shutdown = CancellationToken::new();
@@ -158,7 +158,7 @@ impl SimHost {
 
 /// Pty master and slave, control socket, DHCP and renewal sockets, SIP, RTP
 /// and a transfer or two in flight.
-const FILES_PER_PHONE: u64 = 10;
+pub const FILES_PER_PHONE: usize = 10;
 
 /// A thousand phones need more descriptors than a default soft limit of 1024:
 /// raise the soft limit towards the hard one (never above it).

@@ -17,6 +17,6 @@ mod net;
 mod phone;
 pub mod vendor;
 
-pub use host::SimHost;
+pub use host::{SimHost, FILES_PER_PHONE};
 /// The fault switch (catalogue in `phonerig_sim_ua::fault`; see docs/mutants.md).
 pub use phonerig_sim_ua::{fault, Fault, FaultInfo, FaultSet};
